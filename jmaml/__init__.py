@@ -1,0 +1,22 @@
+"""jmaml: MAML-family meta-learning in JAX.
+
+The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (``maml``,
+``fomaml``, ...), inner rules, the train step, models and losses.
+"""
+
+from jmaml import losses
+from jmaml.algorithms import fomaml, maml, pretrain
+from jmaml.core.inner import InnerRule, frozen, learned_sgd, per_step_sgd, sgd
+from jmaml.core.learner import MetaLearner, check_tasks
+from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
+from jmaml.core.types import Tasks
+from jmaml.errors import JmamlError
+from jmaml.models import MLP, BatchStatNorm, Conv4, functional
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchStatNorm", "Conv4", "InnerRule", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
+    "check_tasks", "fomaml", "frozen", "functional", "init_state", "learned_sgd", "losses", "maml",
+    "make_train_step", "per_step_sgd", "pretrain", "scan_steps", "sgd",
+]

@@ -1,0 +1,163 @@
+"""Named experiment configs, ``key=value`` overrides, and their validation.
+
+Every check here runs before anything is traced or compiled, and fails with one
+:class:`~jmaml.errors.JmamlError` that names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+from jmaml.errors import JmamlError
+
+ALGORITHM_NAMES = ("maml", "fomaml", "meta_sgd", "anil", "maml_pp", "reptile", "imaml", "pretrain")
+DATASETS = ("sinusoid", "omniglot", "mini_imagenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One experiment: the data, the algorithm, the model, meta-training and meta-test.
+
+    Attributes are the keys of ``--set key=value``.
+    """
+
+    name: str = "sinusoid"
+    dataset: str = "sinusoid"
+    algorithm: str = "maml"
+    # tasks
+    ways: int = 1
+    shots: int = 10
+    queries: int = 10
+    meta_batch: int = 25
+    # inner loop
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    test_inner_steps: int = 1
+    first_order: bool = False
+    # outer loop
+    meta_lr: float = 1e-3
+    lr_schedule: str = "constant"
+    steps: int = 70_000
+    # model: MLP widths for regression, conv filters for images (0 = the paper's)
+    hidden: tuple[int, ...] = (40, 40)
+    filters: int = 0
+    # meta-test
+    eval_tasks: int = 1000
+    eval_queries: int = 100
+    eval_max_steps: int = 10
+    eval_batch: int = 100
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 100
+    data_dir: str = ""
+    # algorithm options (see README's algorithm table)
+    head: str = "head"
+    msl_anneal_steps: int = 0
+    first_order_steps: int = 0
+    proximal_lambda: float = 1.0
+    cg_steps: int = 5
+    reptile_optimizer: str = "sgd"
+    reptile_batch: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return validate(cls(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in raw.items() if k in known}))
+
+
+CONFIGS: dict[str, Config] = {
+    # Finn et al. 2017, section 5.1: K=10, one step of 0.01, meta-batch 25, Adam 1e-3, 70k steps.
+    "sinusoid": Config(),
+}
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Parses the text of ``--set key=text`` into the type of ``Config.key``."""
+    types = _field_types()
+    if key not in types:
+        raise JmamlError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
+    kind = types[key]
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        want = {bool: "true or false", int: "an integer", float: "a number"}.get(
+            kind, "comma-separated integers")
+        raise JmamlError(f"config key {key!r} needs {want}, got {text!r}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` into typed overrides."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise JmamlError(f"--set takes key=value, got {pair!r}")
+        out[key.strip()] = parse_value(key.strip(), text.strip())
+    return out
+
+
+def get_config(name: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The named config with ``overrides`` applied, validated."""
+    if name not in CONFIGS:
+        raise JmamlError(f"unknown config {name!r}; choose one of: {', '.join(CONFIGS)}")
+    return validate(dataclasses.replace(CONFIGS[name], **(overrides or {})))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise JmamlError(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks every value of ``cfg``; returns it unchanged or raises one JmamlError."""
+    _require(cfg.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
+    _require(cfg.algorithm in ALGORITHM_NAMES,
+             f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHM_NAMES)}")
+    for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
+                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps"):
+        value = getattr(cfg, key)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"{key} must be a positive integer, got {value!r}")
+    for key in ("inner_lr", "meta_lr", "proximal_lambda"):
+        value = getattr(cfg, key)
+        _require(isinstance(value, (int, float)) and value > 0, f"{key} must be positive, got {value!r}")
+    for key in ("filters", "msl_anneal_steps", "first_order_steps", "reptile_batch", "eval_max_steps"):
+        value = getattr(cfg, key)
+        _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
+    _require(cfg.eval_max_steps >= cfg.test_inner_steps,
+             f"eval_max_steps ({cfg.eval_max_steps}) must be at least test_inner_steps ({cfg.test_inner_steps})")
+    _require(cfg.lr_schedule in ("constant", "cosine"),
+             f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    _require(cfg.reptile_optimizer in ("sgd", "adam"),
+             f"reptile_optimizer must be 'sgd' or 'adam', got {cfg.reptile_optimizer!r}")
+    _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),
+             f"hidden must be positive layer widths like 40,40, got {cfg.hidden!r}")
+    _require(cfg.eval_tasks % cfg.eval_batch == 0 or cfg.eval_tasks < cfg.eval_batch,
+             f"eval_tasks ({cfg.eval_tasks}) must be a multiple of eval_batch ({cfg.eval_batch})")
+    if cfg.dataset == "sinusoid":
+        _require(cfg.ways == 1, f"sinusoid regression has no classes: leave ways at 1, got {cfg.ways}")
+    else:
+        _require(cfg.ways >= 2, f"classification needs ways >= 2, got {cfg.ways}")
+    return cfg

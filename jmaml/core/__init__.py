@@ -1,0 +1,1 @@
+"""The shared core: inner loop, meta-objectives, the one vmap over tasks, the train step."""

@@ -1,0 +1,1 @@
+"""Task sources: sinusoid regression, Omniglot, miniImageNet, episodic samplers."""
