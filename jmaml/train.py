@@ -1,0 +1,120 @@
+"""The host loop: build, meta-train with progress and logs, checkpoint, meta-test."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+
+from jmaml import checkpoint, run_dir
+from jmaml.algorithms import from_config
+from jmaml.configs import Config, validate
+from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
+from jmaml.evaluation import meta_test
+from jmaml.workloads import Workload, make_workload
+
+
+def meta_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """Adam on the meta-parameters, with a constant or cosine-annealed learning rate."""
+    if cfg.lr_schedule == "cosine":
+        return optax.adam(optax.cosine_decay_schedule(cfg.meta_lr, cfg.steps))
+    return optax.adam(cfg.meta_lr)
+
+
+def keys(cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Independent PRNG keys for the model's init, meta-training and meta-test tasks."""
+    init_key, train_key, test_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
+    return init_key, train_key, test_key
+
+
+def build(cfg: Config, workload: Workload):
+    """The learner, the meta-optimizer and the initial train state of ``cfg``."""
+    learner = from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
+    optimizer = meta_optimizer(cfg)
+    init_key, train_key, _ = keys(cfg)
+    state = init_state(learner, optimizer, workload.init(init_key), train_key)
+    return learner, optimizer, state
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.5)
+
+
+def evaluate_run(cfg: Config, workload: Workload, learner, meta_params) -> dict:
+    """The config's meta-test of ``meta_params``."""
+    return meta_test(learner, meta_params, workload.test_tasks, key=keys(cfg)[2],
+                     num_tasks=cfg.eval_tasks, batch=min(cfg.eval_batch, cfg.eval_tasks),
+                     max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric)
+
+
+def format_eval(result: dict) -> str:
+    """The meta-test as printed lines: the headline and the score after each inner step."""
+    unit = "%" if result["metric"] == "accuracy" else ""
+    scale = 100.0 if unit else 1.0
+    lines = [f"meta-test over {result['tasks']} tasks, {result['metric']} after {result['test_steps']} "
+             f"inner steps: {result['mean'] * scale:.4f}{unit} +- {result['ci95'] * scale:.4f}{unit} (95%)"]
+    for k, (m, c) in enumerate(zip(result["per_step"], result["per_step_ci95"])):
+        lines.append(f"  after {k:2d} steps: {m * scale:.4f}{unit} +- {c * scale:.4f}{unit}")
+    return "\n".join(lines)
+
+
+def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
+    """Meta-trains ``cfg``, saves the state in ``out``, meta-tests it and returns the result.
+
+    Everything that can be wrong with the input (config, output folder, data) is checked
+    before the first compilation.
+    """
+    out = run_dir.create(out)
+    workload = make_workload(cfg)
+    learner, optimizer, state = build(cfg, workload)
+    with open(os.path.join(out, run_dir.CONFIG), "w") as f:
+        f.write(cfg.to_json())
+
+    step = make_train_step(learner, optimizer, workload.train_tasks)
+    chunk = min(cfg.log_every, cfg.steps)
+    run_chunk = jax.jit(scan_steps(step, chunk), donate_argnums=0)
+    log = run_dir.MetricsLog(out)
+    bar = _progress(cfg.steps, progress)
+    start = time.perf_counter()
+    done = 0
+    try:
+        while done < cfg.steps:
+            n = min(chunk, cfg.steps - done)
+            if n != chunk:  # the last, shorter chunk compiles once more
+                run_chunk = jax.jit(scan_steps(step, n), donate_argnums=0)
+            state, metrics = run_chunk(state)
+            done += n
+            values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - start
+            log.write(done, {**values, "seconds": elapsed, "steps_per_second": done / elapsed})
+            bar.update(n)
+            bar.set_postfix(meta_loss=f"{values['meta_loss']:.4f}")
+    finally:
+        bar.close()
+        log.close()
+    checkpoint.save(os.path.join(out, run_dir.CHECKPOINTS), done, state)
+    result = evaluate_run(cfg, workload, learner, state.meta_params)
+    result["train_seconds"] = time.perf_counter() - start
+    run_dir.write_json(os.path.join(out, run_dir.EVAL), result)
+    return result
+
+
+def evaluate(path: str, overrides: dict | None = None) -> dict:
+    """Repeats the meta-test of the run in ``path`` from its saved parameters."""
+    cfg = run_dir.load_config(path)
+    if overrides:
+        cfg = validate(dataclasses.replace(cfg, **overrides))
+    workload = make_workload(cfg)
+    learner, _, like = build(cfg, workload)
+    state: TrainState = checkpoint.restore(os.path.join(path, run_dir.CHECKPOINTS), like)
+    result = evaluate_run(cfg, workload, learner, state.meta_params)
+    run_dir.write_json(os.path.join(path, run_dir.EVAL), result)
+    return result
