@@ -79,20 +79,38 @@ def _validate_images(shape: Sequence[int], ways: int, shots: int, queries: int, 
                      meta_batch=meta_batch)
 
 
-def _one_task_indices(key: jax.Array, num_classes: int, drawings: int, ways: int, per_class: int):
-    k_cls, k_draw, k_lab = jax.random.split(key, 3)
-    classes = jax.random.choice(k_cls, num_classes, (ways,), replace=False)
-    pick = jax.vmap(lambda k: jax.random.choice(k, drawings, (per_class,), replace=False))
-    return classes, pick(jax.random.split(k_draw, ways)), jax.random.permutation(k_lab, ways)
+def _top_indices(keys: jax.Array, k: int) -> jax.Array:
+    """Indices of the ``k`` largest of non-negative int32 ``keys [..., n]``: ``k`` argmax passes.
+
+    ``lax.top_k`` and sorts over thousands of classes are slow on CPU; ``k`` masked argmaxes are
+    cheap everywhere and break ties the same way on every backend (lowest index first).
+    """
+    iota = jnp.arange(keys.shape[-1])
+
+    def take_max(keys, _):
+        i = jnp.argmax(keys, axis=-1)
+        return jnp.where(iota == i[..., None], -1, keys), i
+
+    _, idx = jax.lax.scan(take_max, keys, None, length=k)
+    return jnp.moveaxis(idx, 0, -1)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
 def _task_indices(key: jax.Array, num_classes: int, drawings: int, ways: int, per_class: int,
                   meta_batch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Indices of a batch: classes ``[B, ways]``, drawings ``[B, ways, per_class]``, labels ``[B, ways]``."""
-    one = functools.partial(_one_task_indices, num_classes=num_classes, drawings=drawings, ways=ways,
-                            per_class=per_class)
-    return jax.vmap(one)(jax.random.split(key, meta_batch))
+    """Indices of a batch: classes ``[B, ways]``, drawings ``[B, ways, per_class]``, labels ``[B, ways]``.
+
+    One draw of random 31-bit keys, ranked: the ``ways`` largest of ``num_classes`` keys pick
+    distinct classes, the order of ``drawings`` keys per class picks distinct drawings, and the order
+    of ``ways`` keys gives the label permutation (a single threefry call keeps compilation fast).
+    """
+    sizes = (num_classes, ways * drawings, ways)
+    bits = jax.random.bits(key, (meta_batch, sum(sizes)), jnp.uint32)
+    keys = (bits >> 1).astype(jnp.int32)
+    cls_keys, draw_keys, label_keys = jnp.split(keys, [sizes[0], sizes[0] + sizes[1]], axis=1)
+    classes = _top_indices(cls_keys, ways)
+    picks = jnp.argsort(draw_keys.reshape(meta_batch, ways, drawings), axis=-1)[..., :per_class]
+    return classes, picks, jnp.argsort(label_keys, axis=-1)
 
 
 def _assemble(xp: Any, images, classes, drawings, labels, shots: int) -> Tasks:
