@@ -15,13 +15,14 @@ All methods are pure functions of their arguments; nothing is jitted here. Jit t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jmaml.core.inner import InnerRule, check_positive
+from jmaml.core.inner import InnerRule, apply_step, check_positive
 from jmaml.core.types import Params, PyTree, Tasks
 from jmaml.errors import JmamlError
 
@@ -71,6 +72,13 @@ class MetaLearner:
       first_order: hold the inner gradients constant (no second-order terms).
       metrics: extra per-task metrics ``name -> fn(outputs, y)``, e.g. accuracy.
       unroll: ``lax.scan`` unroll factor of the inner loop (``True`` unrolls fully).
+      inner_batch: examples per inner step (0: the whole support set). Step ``k`` uses the
+        ``inner_batch`` examples from index ``k * inner_batch`` on, cycling through the support
+        set, which is in random order already (Reptile's minibatches).
+      first_order_steps: derivative-order annealing (MAML++): the first ``first_order_steps``
+        meta-steps are first order, the later ones use ``first_order``. For speed the training
+        loop runs ``at_step(step)``, one of two fixed learners; ``meta_loss`` of this learner
+        itself anneals inside the program (correct, but second-order cost throughout).
     """
 
     apply_fn: ApplyFn
@@ -81,9 +89,32 @@ class MetaLearner:
     first_order: bool = False
     metrics: Mapping[str, MetricFn] = dataclasses.field(default_factory=dict)
     unroll: int | bool = 1
+    inner_batch: int = 0
+    first_order_steps: int = 0
 
     def __post_init__(self):
         check_positive("inner_steps", self.inner_steps, integer=True)
+        for name in ("inner_batch", "first_order_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise JmamlError(f"{name} must be a non-negative integer, got {value!r}")
+
+    def at_step(self, step: int) -> "MetaLearner":
+        """The learner to train meta-step ``step`` (a host integer) with.
+
+        Without derivative-order annealing (``first_order_steps == 0``) this is ``self``. With it,
+        one of two fixed learners (the same object every call): first order before
+        ``first_order_steps``, ``first_order`` from then on. Jit a train step per learner and
+        switch when the returned object changes: one retrace in a whole run.
+        """
+        if not self.first_order_steps:
+            return self
+        return self._phases[int(step) >= self.first_order_steps]
+
+    @functools.cached_property
+    def _phases(self) -> tuple["MetaLearner", "MetaLearner"]:
+        return (dataclasses.replace(self, first_order=True, first_order_steps=0),
+                dataclasses.replace(self, first_order_steps=0))
 
     def init(self, params: Params) -> PyTree:
         """Meta-parameters for the model parameters ``params``."""
@@ -107,26 +138,38 @@ class MetaLearner:
           y_support: their targets.
           steps: inner steps (default ``inner_steps``); 0 returns the meta-parameters.
           observe: called on the parameters after each step; its outputs are stacked.
-          first_order: overrides the learner's ``first_order``.
+          first_order: overrides the learner's ``first_order``; a traced boolean selects first
+            order inside the program (second-order cost either way).
 
         Returns:
           ``(adapted params, stacked observations or None)``.
         """
         steps = self.inner_steps if steps is None else steps
         first_order = self.first_order if first_order is None else first_order
-        hyper = meta_params["inner"]
+        hyper, params = meta_params["inner"], meta_params["params"]
+        state = self.rule.init_state(params) if self.rule.init_state is not None else None
+        n = jnp.shape(x_support)[0]
+        batch = self.inner_batch if 0 < self.inner_batch < n else 0
 
-        def support_loss(params):
-            return self.loss_fn(self.apply_fn(params, x_support), y_support)
+        def support_loss(params, k):
+            x, y = x_support, y_support
+            if batch:
+                index = (k * batch + jnp.arange(batch)) % n
+                x, y = jnp.take(x, index, axis=0), jnp.take(y, index, axis=0)
+            return self.loss_fn(self.apply_fn(params, x), y)
 
-        def step(params, k):
-            grads = jax.grad(support_loss)(params)
-            if first_order:
-                grads = lax.stop_gradient(grads)
-            params = self.rule.step(hyper, params, grads, k)
-            return params, (observe(params) if observe is not None else None)
+        def step(carry, k):
+            params, state = carry
+            grads = jax.grad(support_loss)(params, k)
+            if isinstance(first_order, bool):
+                grads = lax.stop_gradient(grads) if first_order else grads
+            else:
+                grads = jax.tree.map(lambda g: jnp.where(first_order, lax.stop_gradient(g), g), grads)
+            params, state = apply_step(self.rule, hyper, params, grads, k, state)
+            return (params, state), (observe(params) if observe is not None else None)
 
-        return lax.scan(step, meta_params["params"], jnp.arange(steps), unroll=self.unroll)
+        (params, _), observed = lax.scan(step, (params, state), jnp.arange(steps), unroll=self.unroll)
+        return params, observed
 
     def adapt(self, meta_params: PyTree, x_support: jax.Array, y_support: jax.Array,
               *, steps: int | None = None) -> Params:
@@ -167,7 +210,11 @@ class MetaLearner:
           meta-parameters.
         """
         check_tasks(tasks)
-        losses, aux = self.over_tasks(lambda mp, task, t: self.objective(self, mp, task, t))(
+        learner = self
+        if self.first_order_steps:  # annealed in the program; at_step() gives two faster learners
+            learner = dataclasses.replace(self, first_order_steps=0, first_order=jnp.logical_or(
+                self.first_order, jnp.asarray(train_step) < self.first_order_steps))
+        losses, aux = self.over_tasks(lambda mp, task, t: learner.objective(learner, mp, task, t))(
             meta_params, tasks, train_step)
         return jnp.mean(losses), aux
 
