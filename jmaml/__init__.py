@@ -5,9 +5,12 @@ The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (``mam
 """
 
 from jmaml import losses
-from jmaml.algorithms import fomaml, maml, pretrain
-from jmaml.core.inner import InnerRule, frozen, learned_sgd, per_step_sgd, sgd
+from jmaml.algorithms import anil, fomaml, from_config, imaml, maml, maml_pp, meta_sgd, pretrain, reptile
+from jmaml.core.implicit import cg_solve
+from jmaml.core.inner import (InnerRule, apply_step, from_optax, frozen, learned_sgd, per_step_sgd,
+                              per_step_values, proximal, sgd)
 from jmaml.core.learner import MetaLearner, check_tasks
+from jmaml.core.schedules import meta_lr_schedule, meta_optimizer, msl_weights
 from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
 from jmaml.core.types import Tasks
 from jmaml.errors import JmamlError
@@ -19,4 +22,6 @@ __all__ = [
     "BatchStatNorm", "Conv4", "InnerRule", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
     "check_tasks", "fomaml", "frozen", "functional", "init_state", "learned_sgd", "losses", "maml",
     "make_train_step", "per_step_sgd", "pretrain", "scan_steps", "sgd",
+    "anil", "apply_step", "cg_solve", "from_config", "from_optax", "imaml", "maml_pp", "meta_lr_schedule",
+    "meta_optimizer", "meta_sgd", "msl_weights", "per_step_values", "proximal", "reptile",
 ]
