@@ -6,8 +6,8 @@
 | ``fomaml`` | ``sgd(inner_lr)`` | query loss, inner gradients held constant | theta |
 | ``meta_sgd`` | ``learned_sgd(inner_lr)`` | query loss through the inner loop | theta, a rate per entry |
 | ``anil`` | ``frozen(sgd(inner_lr), head)`` | query loss through the (head-only) inner loop | theta |
-| ``maml_pp`` | ``per_step_values(per_step_sgd(...), norm leaves)`` | multi-step query loss, order annealed | theta, a rate per layer and step, per-step norm weights |
-| ``reptile`` | ``sgd`` or ``from_optax(adam)``, minibatches | ``0.5 ||theta - sg(phi_K)||^2``: gradient theta - phi_K | theta |
+| ``maml_pp`` | ``per_step_values(per_step_sgd)`` | multi-step loss, annealed order | theta, LSLR, BN/step |
+| ``reptile`` | ``sgd`` / ``from_optax(adam)`` | ``0.5 ||theta - sg(phi_K)||^2`` | theta |
 | ``imaml`` | ``proximal(sgd(inner_lr), lambda)`` | query loss, implicit gradient by CG | theta |
 | ``pretrain`` | ``sgd(inner_lr)`` (at test only) | loss on all task data, no adaptation | theta |
 """
@@ -202,7 +202,8 @@ def reptile(apply_fn: ApplyFn, loss_fn: LossFn, *, inner_lr: float, inner_steps:
     elif isinstance(inner_optimizer, optax.GradientTransformation):
         rule = inner.from_optax(inner_optimizer)
     else:
-        raise JmamlError(f"inner_optimizer must be 'sgd', 'adam' or an optax optimiser, got {inner_optimizer!r}")
+        raise JmamlError("inner_optimizer must be 'sgd', 'adam' or an optax optimiser, "
+                         f"got {inner_optimizer!r}")
     return _learner(apply_fn, loss_fn, rule, inner_steps, objectives.reptile_loss, metrics,
                     first_order=True, inner_batch=inner_batch, unroll=unroll)
 
