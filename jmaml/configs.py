@@ -44,6 +44,7 @@ class Config:
     # model: MLP widths for regression, conv filters for images (0 = the paper's)
     hidden: tuple[int, ...] = (40, 40)
     filters: int = 0
+    conv: str = "auto"
     # meta-test
     eval_tasks: int = 1000
     eval_queries: int = 100
@@ -53,6 +54,8 @@ class Config:
     seed: int = 0
     log_every: int = 100
     data_dir: str = ""
+    data_seed: int = 0
+    image_size: int = 28
     # algorithm options (see README's algorithm table)
     head: str = "head"
     msl_anneal_steps: int = 0
@@ -73,9 +76,27 @@ class Config:
                                for k, v in raw.items() if k in known}))
 
 
+_OMNIGLOT = Config(dataset="omniglot", ways=5, shots=1, queries=15, meta_batch=32, inner_lr=0.4,
+                   inner_steps=1, test_inner_steps=3, steps=60_000, eval_tasks=600, eval_max_steps=10)
+_MINI = Config(dataset="mini_imagenet", ways=5, shots=1, queries=15, meta_batch=4, inner_lr=0.01,
+               inner_steps=5, test_inner_steps=10, steps=60_000, eval_tasks=600, eval_max_steps=10,
+               eval_batch=20, image_size=84)
+
+# The MAML paper's settings (Finn et al. 2017, section 5 and its reference code); see DESIGN.md.
 CONFIGS: dict[str, Config] = {
-    # Finn et al. 2017, section 5.1: K=10, one step of 0.01, meta-batch 25, Adam 1e-3, 70k steps.
+    # K=10, one step of 0.01, meta-batch 25, Adam 1e-3, 70k steps.
     "sinusoid": Config(),
+    # conv4 64 filters, stride 2; one step of 0.4 (3 at test); meta-batch 32.
+    "omniglot-5w1s": dataclasses.replace(_OMNIGLOT, name="omniglot-5w1s"),
+    "omniglot-5w5s": dataclasses.replace(_OMNIGLOT, name="omniglot-5w5s", shots=5),
+    # 20-way: five steps of 0.1, meta-batch 16; 5 queries per class (100 query images a task).
+    "omniglot-20w1s": dataclasses.replace(_OMNIGLOT, name="omniglot-20w1s", ways=20, queries=5, meta_batch=16,
+                                          inner_lr=0.1, inner_steps=5, test_inner_steps=5),
+    "omniglot-20w5s": dataclasses.replace(_OMNIGLOT, name="omniglot-20w5s", ways=20, shots=5, queries=5,
+                                          meta_batch=16, inner_lr=0.1, inner_steps=5, test_inner_steps=5),
+    # conv4 32 filters + max-pool, 84x84; five steps of 0.01 (10 at test); meta-batch 4 (2 for 5-shot).
+    "mini-5w1s": dataclasses.replace(_MINI, name="mini-5w1s"),
+    "mini-5w5s": dataclasses.replace(_MINI, name="mini-5w5s", shots=5, meta_batch=2),
 }
 
 
@@ -136,20 +157,22 @@ def validate(cfg: Config) -> Config:
     _require(cfg.algorithm in ALGORITHM_NAMES,
              f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHM_NAMES)}")
     for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
-                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps"):
+                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{key} must be a positive integer, got {value!r}")
     for key in ("inner_lr", "meta_lr", "proximal_lambda"):
         value = getattr(cfg, key)
         _require(isinstance(value, (int, float)) and value > 0, f"{key} must be positive, got {value!r}")
-    for key in ("filters", "msl_anneal_steps", "first_order_steps", "reptile_batch", "eval_max_steps"):
+    for key in ("filters", "data_seed", "msl_anneal_steps", "first_order_steps", "reptile_batch", "eval_max_steps"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
     _require(cfg.eval_max_steps >= cfg.test_inner_steps,
              f"eval_max_steps ({cfg.eval_max_steps}) must be at least test_inner_steps ({cfg.test_inner_steps})")
     _require(cfg.lr_schedule in ("constant", "cosine"),
              f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    _require(cfg.conv in ("auto", "xla", "patches"),
+             f"conv must be 'auto', 'xla' or 'patches', got {cfg.conv!r}")
     _require(cfg.reptile_optimizer in ("sgd", "adam"),
              f"reptile_optimizer must be 'sgd' or 'adam', got {cfg.reptile_optimizer!r}")
     _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),

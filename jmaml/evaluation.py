@@ -23,7 +23,8 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
 def meta_test(
     learner: MetaLearner,
     meta_params: PyTree,
-    sample_tasks: Callable[[jax.Array], Tasks],
+    sample_tasks: Callable[[jax.Array, PyTree], Tasks],
+    data: PyTree = None,
     *,
     key: jax.Array,
     num_tasks: int,
@@ -37,7 +38,8 @@ def meta_test(
     Args:
       learner: the meta-learner.
       meta_params: its meta-parameters.
-      sample_tasks: ``key -> Tasks`` with ``batch`` tasks.
+      sample_tasks: ``(key, data) -> Tasks`` with ``batch`` tasks.
+      data: the held-out data ``sample_tasks`` draws from (None for generated tasks).
       key: PRNG key of the meta-test tasks (fixed, so reruns score the same tasks).
       num_tasks: tasks in all; rounded up to whole batches.
       batch: tasks scored per compiled call.
@@ -50,9 +52,9 @@ def meta_test(
       where ``per_step[k]`` is the mean after ``k`` inner steps.
     """
     name = "loss" if metric == "mse" else metric
-    score = jax.jit(lambda mp, k: learner.evaluate(mp, sample_tasks(k), steps=max_steps)[name])
+    score = jax.jit(lambda mp, k, d: learner.evaluate(mp, sample_tasks(k, d), steps=max_steps)[name])
     keys = jax.random.split(key, -(-num_tasks // batch))
-    per_task = np.concatenate([np.asarray(score(meta_params, k)) for k in keys])  # [tasks, steps+1]
+    per_task = np.concatenate([np.asarray(score(meta_params, k, data)) for k in keys])  # [tasks, steps+1]
     per_step = [mean_ci95(per_task[:, k]) for k in range(max_steps + 1)]
     mean, ci95 = per_step[test_steps]
     return {

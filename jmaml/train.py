@@ -16,7 +16,7 @@ from jmaml.algorithms import from_config
 from jmaml.configs import Config, validate
 from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
 from jmaml.evaluation import meta_test
-from jmaml.workloads import Workload, make_workload
+from jmaml.workloads import Workload, eval_batch, make_workload
 
 
 def meta_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -50,8 +50,8 @@ def _progress(total: int, enabled: bool):
 
 def evaluate_run(cfg: Config, workload: Workload, learner, meta_params) -> dict:
     """The config's meta-test of ``meta_params``."""
-    return meta_test(learner, meta_params, workload.test_tasks, key=keys(cfg)[2],
-                     num_tasks=cfg.eval_tasks, batch=min(cfg.eval_batch, cfg.eval_tasks),
+    return meta_test(learner, meta_params, workload.test_tasks, workload.test_data, key=keys(cfg)[2],
+                     num_tasks=cfg.eval_tasks, batch=eval_batch(cfg),
                      max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric)
 
 
@@ -90,7 +90,7 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
             n = min(chunk, cfg.steps - done)
             if n != chunk:  # the last, shorter chunk compiles once more
                 run_chunk = jax.jit(scan_steps(step, n), donate_argnums=0)
-            state, metrics = run_chunk(state)
+            state, metrics = run_chunk(state, workload.train_data)
             done += n
             values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - start

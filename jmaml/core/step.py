@@ -38,24 +38,26 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, pa
 def make_train_step(
     learner: MetaLearner,
     optimizer: optax.GradientTransformation,
-    sample_tasks: Callable[[jax.Array], Tasks] | None = None,
+    sample_tasks: Callable[[jax.Array, PyTree], Tasks] | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds ``train_step(state, tasks=None) -> (state, metrics)``.
+    """Builds ``train_step(state, tasks=None, data=None) -> (state, metrics)``.
 
     Args:
       learner: the meta-learner.
       optimizer: any optax transformation; it sees the meta-gradient of ``meta_params``.
-      sample_tasks: ``key -> Tasks``; when given, a step called without tasks samples its
-        own meta-batch from ``state.key``, inside the compiled program.
+      sample_tasks: ``(key, data) -> Tasks``; when given, a step called without tasks samples
+        its own meta-batch from ``state.key`` and the device-resident ``data`` (e.g. all
+        training images), inside the compiled program. ``data`` is an argument rather than
+        a closed-over constant so that it is not baked into the compiled program.
 
     Returns:
       The step. Its metrics are scalars: ``meta_loss`` and the task means of the learner's aux.
     """
 
-    def train_step(state: TrainState, tasks: Tasks | None = None):
+    def train_step(state: TrainState, tasks: Tasks | None = None, data: PyTree = None):
         key, sample_key = jax.random.split(state.key)
         if tasks is None:
-            tasks = sample_tasks(sample_key)
+            tasks = sample_tasks(sample_key, data)
         grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
         (loss, aux), grads = grad_fn(state.meta_params, tasks, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
@@ -66,10 +68,14 @@ def make_train_step(
     return train_step
 
 
-def scan_steps(train_step: Callable, num_steps: int) -> Callable[[TrainState], tuple[TrainState, dict]]:
-    """``num_steps`` self-sampling train steps as one ``lax.scan``: one dispatch, stacked metrics."""
+def scan_steps(train_step: Callable, num_steps: int
+               ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict]]:
+    """``num_steps`` self-sampling train steps as one ``lax.scan``: one dispatch, stacked metrics.
 
-    def many(state: TrainState):
-        return jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
+    Returns ``many(state, data=None) -> (state, metrics)``, metrics stacked over the steps.
+    """
+
+    def many(state: TrainState, data: PyTree = None):
+        return jax.lax.scan(lambda s, _: train_step(s, None, data), state, None, length=num_steps)
 
     return many

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jmaml.models.conv import Conv2D, ConvImpl
 from jmaml.models.norm import BatchStatNorm
 
 
@@ -25,6 +26,7 @@ class Conv4(nn.Module):
       ways: number of output classes.
       variant: ``"omniglot"`` or ``"mini_imagenet"``.
       filters: overrides the variant's filter count (tiny models for tests).
+      conv: how convolutions are lowered (see :class:`~jmaml.models.conv.Conv2D`).
 
     References:
       Finn, Abbeel & Levine (2017), section 5.2. https://arxiv.org/abs/1703.03400
@@ -34,14 +36,14 @@ class Conv4(nn.Module):
     ways: int
     variant: Literal["omniglot", "mini_imagenet"] = "omniglot"
     filters: int | None = None
+    conv: ConvImpl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         omniglot = self.variant == "omniglot"
         filters = self.filters or (64 if omniglot else 32)
         for block in range(4):
-            x = nn.Conv(filters, (3, 3), strides=2 if omniglot else 1, padding="SAME",
-                        name=f"conv{block}")(x)
+            x = Conv2D(filters, 3, strides=2 if omniglot else 1, impl=self.conv, name=f"conv{block}")(x)
             x = nn.relu(BatchStatNorm(name=f"norm{block}")(x))
             if not omniglot:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
