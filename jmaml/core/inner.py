@@ -15,13 +15,14 @@ through its scan; :func:`apply_step` calls either kind.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jmaml.core.masks import PathSpec, resolve
+from jmaml.core.masks import PathSpec, leaf_names, resolve
 from jmaml.core.types import Params, PyTree
 from jmaml.errors import JmamlError
 
@@ -167,8 +168,9 @@ def per_step_values(rule: InnerRule, select: PathSpec, steps: int, *, name: str 
     normalisation weights, with no change to the model. Selecting no leaf is allowed (a model
     without normalisation); selecting every leaf is a JmamlError, since nothing would adapt.
 
-    ``hyper`` is ``{"rule": rule's hyper, "values": tuple of [steps, *leaf.shape] tables}``, in the
-    parameters' leaf order.
+    ``hyper`` is ``{"rule": rule's hyper, "values": tables}``, where ``tables`` nests dicts by the
+    selected leaves' key names, each a ``[steps, *leaf.shape]`` array (e.g.
+    ``{"norm0": {"scale": ..., "bias": ...}}``; ``{}`` when nothing is selected).
 
     References:
       Antoniou, Edwards & Storkey (2019). How to train your MAML. ICLR, section 4
@@ -177,20 +179,24 @@ def per_step_values(rule: InnerRule, select: PathSpec, steps: int, *, name: str 
     check_positive("inner_steps", steps, integer=True)
 
     def selected(params):
-        return jax.tree.leaves(resolve(select, params, name=name, not_all=True))
+        flags = jax.tree.leaves(resolve(select, params, name=name, not_all=True))
+        return [names if keep else None for names, keep in zip(leaf_names(params), flags)]
 
     def init(params):
-        flags = selected(params)
-        tables = tuple(jnp.broadcast_to(p, (steps,) + jnp.shape(p))
-                       for p, keep in zip(jax.tree.leaves(params), flags) if keep)
+        tables = {}
+        for names, p in zip(selected(params), jax.tree.leaves(params)):
+            if names is not None:
+                node = functools.reduce(lambda d, key: d.setdefault(key, {}), names[:-1], tables)
+                node[names[-1]] = jnp.broadcast_to(p, (steps,) + jnp.shape(p))
         return {"rule": rule.init(params), "values": tables}
 
     def step(hyper, params, grads, k, state):
         moved, state = apply_step(rule, hyper["rule"], params, grads, k, state)
         leaves, treedef = jax.tree.flatten(moved)
-        tables = iter(hyper["values"])
         index = jnp.minimum(k, steps - 1)
-        leaves = [next(tables)[index] if keep else leaf for leaf, keep in zip(leaves, selected(params))]
+        table = lambda names: functools.reduce(lambda d, key: d[key], names, hyper["values"])  # noqa: E731
+        leaves = [leaf if names is None else table(names)[index]
+                  for leaf, names in zip(leaves, selected(params))]
         return jax.tree.unflatten(treedef, leaves), state
 
     return _wrap(rule, init, step)

@@ -5,7 +5,8 @@ A :data:`PathSpec` says which leaves of a parameter pytree belong to a part of t
 - a string: a regular expression searched (``re.search``) in each leaf's ``'/'``-joined path,
   e.g. ``"head"`` selects ``head/kernel`` and ``head/bias`` of a flax model;
 - a callable: ``fn(path: str) -> bool`` on the same ``'/'``-joined path;
-- a pytree of booleans with the parameters' structure.
+- a pytree of booleans with the parameters' structure, or a prefix of it (``{"body": False,
+  "head": True}`` covers every leaf below each key).
 
 Specs are resolved against the parameters themselves (:func:`resolve`), so a rule built from a
 spec needs no parameters until ``init``/``step`` see them; resolution is pure Python on the
@@ -25,10 +26,15 @@ from jmaml.errors import JmamlError
 PathSpec = Union[str, Callable[[str], bool], PyTree]
 
 
+def leaf_names(params: Params) -> list[tuple[str, ...]]:
+    """The path of every leaf of ``params`` as a tuple of key names, in flattening order."""
+    return [tuple(jax.tree_util.keystr((key,), simple=True) for key in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
 def leaf_paths(params: Params) -> list[str]:
     """The ``'/'``-joined path of every leaf of ``params``, in flattening order."""
-    return [jax.tree_util.keystr(path, simple=True, separator="/")
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return ["/".join(names) for names in leaf_names(params)]
 
 
 def resolve(spec: PathSpec, params: Params, *, name: str, some: bool = False, not_all: bool = False
@@ -54,10 +60,12 @@ def resolve(spec: PathSpec, params: Params, *, name: str, some: bool = False, no
     elif callable(spec):
         flags = [bool(spec(p)) for p in paths]
     else:
-        if jax.tree.structure(spec) != treedef:
-            raise JmamlError(f"{name} mask must have the parameters' structure {treedef}, "
-                             f"got {jax.tree.structure(spec)}")
-        flags = [bool(leaf) for leaf in jax.tree.leaves(spec)]
+        try:
+            full = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: bool(flag), sub), spec, params)
+        except ValueError:
+            raise JmamlError(f"{name} mask must have the parameters' structure {treedef} (or a prefix "
+                             f"of it), got {jax.tree.structure(spec)}") from None
+        flags = jax.tree.leaves(full)
     if some and not any(flags):
         raise JmamlError(f"{name} {_describe(spec)} selects no parameter; parameter paths are: "
                          f"{', '.join(paths)}")
