@@ -171,8 +171,8 @@ def validate(cfg: Config) -> Config:
              f"eval_max_steps ({cfg.eval_max_steps}) must be at least test_inner_steps ({cfg.test_inner_steps})")
     _require(cfg.lr_schedule in ("constant", "cosine"),
              f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    _require(cfg.conv in ("auto", "xla", "patches"),
-             f"conv must be 'auto', 'xla' or 'patches', got {cfg.conv!r}")
+    _require(cfg.conv in ("auto", "xla", "im2col"),
+             f"conv must be 'auto', 'xla' or 'im2col', got {cfg.conv!r}")
     _require(cfg.reptile_optimizer in ("sgd", "adam"),
              f"reptile_optimizer must be 'sgd' or 'adam', got {cfg.reptile_optimizer!r}")
     _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),

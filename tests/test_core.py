@@ -193,11 +193,11 @@ def test_sinusoid_tasks_follow_paper_ranges():
 
 
 @pytest.mark.parametrize("strides", [1, 2])
-def test_patches_convolution_equals_xla_convolution(strides):
+def test_im2col_convolution_equals_xla_convolution(strides):
     from jmaml.models.conv import Conv2D
 
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 9, 2), jnp.float64)
-    patches, xla = Conv2D(4, 3, strides, impl="patches"), Conv2D(4, 3, strides, impl="xla")
-    params = patches.init(jax.random.PRNGKey(1), x)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 10, 2), jnp.float64)
+    im2col, xla = Conv2D(4, 3, strides, impl="im2col"), Conv2D(4, 3, strides, impl="xla")
+    params = im2col.init(jax.random.PRNGKey(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
-    np.testing.assert_allclose(patches.apply(params, x), xla.apply(params, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(im2col.apply(params, x), xla.apply(params, x), rtol=1e-12, atol=1e-12)

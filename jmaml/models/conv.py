@@ -1,4 +1,4 @@
-"""A 2-D convolution with a choice of lowering: XLA's convolution or patches + matmul."""
+"""A 2-D convolution with a choice of lowering: XLA's convolution, or im2col + matmul."""
 
 from __future__ import annotations
 
@@ -6,17 +6,34 @@ from typing import Literal
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax import lax
 
-ConvImpl = Literal["auto", "xla", "patches"]
-_DIMS = ("NHWC", "HWIO", "NHWC")
+ConvImpl = Literal["auto", "xla", "im2col"]
 
 
 def resolve_impl(impl: ConvImpl) -> str:
-    """``"auto"`` picks ``"patches"`` on CPU and ``"xla"`` elsewhere."""
+    """``"auto"`` picks ``"im2col"`` on CPU and ``"xla"`` elsewhere."""
     if impl == "auto":
-        return "patches" if jax.default_backend() == "cpu" else "xla"
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
     return impl
+
+
+def im2col(x: jax.Array, size: int, stride: int) -> jax.Array:
+    """SAME-padded ``size x size`` patches of NHWC ``x``, features ordered (row, column, channel).
+
+    Built from strided slices of the padded input only (no convolution), so its transpose in the
+    backward pass is a pad and a sum, and a leading task axis under ``vmap`` folds into the batch.
+    """
+    height, width = x.shape[-3:-1]
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_h = max((out_h - 1) * stride + size - height, 0)
+    pad_w = max((out_w - 1) * stride + size - width, 0)
+    pads = [(0, 0)] * (x.ndim - 3) + [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
+    xp = jnp.pad(x, pads)
+    cols = [xp[..., i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
+            for i in range(size) for j in range(size)]
+    return jnp.concatenate(cols, axis=-1)
 
 
 class Conv2D(nn.Module):
@@ -25,16 +42,16 @@ class Conv2D(nn.Module):
     Two lowerings of the same math:
 
     - ``"xla"``: ``lax.conv_general_dilated``. Under ``vmap`` over tasks with per-task
-      (adapted) kernels it becomes a grouped convolution, which XLA:CPU runs slowly.
-    - ``"patches"``: extract the 3x3 patches (no weights involved, so the task axis folds into
-      the batch) and multiply by the kernel as a matrix; under ``vmap`` that is a batched
-      matmul, which XLA:CPU runs several times faster (see ``benchmarks/RESULTS.md``).
+      (adapted) kernels it becomes a grouped convolution, which XLA:CPU runs very slowly.
+    - ``"im2col"``: gather the patches with strided slices (no weights involved, so the task axis
+      folds into the batch) and multiply by the kernel as a matrix; under ``vmap`` that is a
+      batched matmul, which XLA:CPU runs an order of magnitude faster (``benchmarks/RESULTS.md``).
 
     Attributes:
       features: output channels.
       kernel_size: side of the square kernel.
       strides: stride in both spatial dimensions.
-      impl: ``"auto"`` (patches on CPU, xla elsewhere), ``"xla"`` or ``"patches"``.
+      impl: ``"auto"`` (im2col on CPU, xla elsewhere), ``"xla"`` or ``"im2col"``.
     """
 
     features: int
@@ -48,12 +65,9 @@ class Conv2D(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (size, size, cin, self.features),
                             x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
-        strides = (self.strides, self.strides)
         if resolve_impl(self.impl) == "xla":
-            y = lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=_DIMS)
+            y = lax.conv_general_dilated(x, kernel, (self.strides,) * 2, "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
         else:
-            patches = lax.conv_general_dilated_patches(x, (size, size), strides, "SAME",
-                                                       dimension_numbers=_DIMS)
-            # patch features are ordered (in channel, kernel row, kernel column)
-            y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * size * size, self.features)
+            y = im2col(x, size, self.strides) @ kernel.reshape(size * size * cin, self.features)
         return y + bias
