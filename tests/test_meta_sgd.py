@@ -56,15 +56,23 @@ def test_train_step_updates_weights_and_rates():
     assert jnp.isfinite(metrics["meta_loss"])
 
 
-@pytest.mark.parametrize("name", configs.ALGORITHM_NAMES)
-def test_from_config_builds_every_algorithm(name):
-    cfg = configs.Config(algorithm=name, inner_steps=2, msl_anneal_steps=3, first_order_steps=1,
-                         reptile_batch=2, head="head")
-    learner = jmaml.from_config(cfg, mlp_apply, mse)
-    meta = learner.init(mlp_init(0))
-    loss, aux = learner.at_step(0).meta_loss(meta, random_tasks(1))
-    assert jnp.isfinite(loss) and aux["query_loss"].shape == (2,)
-    assert learner.inner_steps == 2
+def test_from_config_builds_every_algorithm_from_its_fields():
+    built = {}
+    for name in configs.ALGORITHM_NAMES:
+        cfg = configs.Config(algorithm=name, inner_lr=0.2, inner_steps=2, msl_anneal_steps=3,
+                             first_order_steps=1, reptile_batch=2, reptile_optimizer="adam",
+                             proximal_lambda=0.5, cg_steps=3)
+        built[name] = jmaml.from_config(cfg, mlp_apply, mse, {"mae": mse})
+        assert built[name].inner_steps == 2 and set(built[name].metrics) == {"mae"}
+    params = mlp_init(0)
+    assert built["maml"].first_order is False and built["fomaml"].first_order is True
+    assert all(jnp.all(r == 0.2) for r in jax.tree.leaves(built["meta_sgd"].init(params)["inner"]))
+    assert built["maml_pp"].first_order_steps == 1 and built["maml_pp"].at_step(0).first_order
+    assert built["reptile"].inner_batch == 2 and built["reptile"].rule.init_state is not None  # Adam state
+    assert built["imaml"].objective.__qualname__.startswith("implicit_loss")
+    assert built["pretrain"].objective is jmaml.core.objectives.joint_loss
+    with pytest.raises(jmaml.JmamlError, match="head 'head' selects no parameter"):
+        jmaml.from_config(configs.Config(algorithm="anil"), mlp_apply, mse).init({"body": params["body"]})
 
 
 def test_from_config_rejects_unknown_algorithm():
