@@ -1,0 +1,176 @@
+"""The JAX implementations: jmaml itself, and a plain vmap + jit version as the in-framework baseline."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jmaml import algorithms, losses
+from jmaml.bench.base import Grads
+from jmaml.bench.workloads import Workload
+from jmaml.core.step import init_state, make_train_step
+from jmaml.core.types import Tasks
+from jmaml.models import Conv4, functional
+
+
+def _device() -> str:
+    device = jax.devices()[0]
+    kind = "" if device.device_kind == device.platform else f" {device.device_kind}"
+    return f"{device.platform}{kind} (jax, {jax.device_count()} device(s))"
+
+
+def _flops(compiled: Any) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+def _program_bytes(compiled: Any) -> int | None:
+    try:
+        stats = compiled.memory_analysis()
+        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+                   - stats.alias_size_in_bytes)
+    except Exception:  # noqa: BLE001  not every backend reports it
+        return None
+
+
+def _to_numpy(tree: Any) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a, np.float32), tree)
+
+
+class _JaxBench:
+    """Shared plumbing: compile ``step_fn(carry, tasks) -> (carry, loss, grads)`` ahead of time."""
+
+    def __init__(self, step_fn, carry, batches: list[Tasks], donate: bool):
+        self.device = _device()
+        self.batches = [jax.device_put(Tasks(*b)) for b in batches]
+        jitted = jax.jit(step_fn, donate_argnums=0 if donate else ())
+        start = time.perf_counter()
+        self.compiled = jitted.lower(carry, self.batches[0]).compile()
+        self.compile_s = time.perf_counter() - start
+        self.flops = _flops(self.compiled)
+        self.program_bytes = _program_bytes(self.compiled)
+        self.carry = carry
+
+    def step(self, index: int) -> float:
+        self.carry, loss, _ = self.compiled(self.carry, self.batches[index % len(self.batches)])
+        return float(jax.block_until_ready(loss))
+
+    def step_on(self, tasks: Tasks) -> tuple[float, Grads]:
+        self.carry, loss, grads = self.compiled(self.carry, jax.device_put(Tasks(*tasks)))
+        return float(loss), _to_numpy(grads)
+
+    def peak_bytes(self) -> int | None:
+        stats = jax.devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+
+
+def _last_gradient() -> optax.GradientTransformation:
+    """Passes updates through unchanged and keeps the last ones in its state (the meta-gradient,
+    placed first in a chain), so the step can hand it out without computing it twice."""
+    return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
+                                        lambda updates, state, params=None: (updates, updates))
+
+
+class JmamlBench(_JaxBench):
+    """jmaml's own train step: ``maml`` learner, ``make_train_step``, jitted with the state donated.
+
+    Only the meta-loss (and, for the equivalence test, the meta-gradient) leaves the program,
+    as in a training loop that logs the loss.
+    """
+
+    def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
+        model = Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
+                      conv=options.get("conv", "auto"))
+        _, apply = functional(model)
+        learner = algorithms.maml(apply, losses.cross_entropy, inner_lr=workload.inner_lr,
+                                  inner_steps=workload.inner_steps)
+        optimizer = optax.chain(_last_gradient(), optax.adam(workload.meta_lr))
+        state = init_state(learner, optimizer, jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(0))
+        train_step = make_train_step(learner, optimizer)
+
+        def step_fn(state, tasks):
+            state, metrics = train_step(state, tasks)
+            return state, metrics["meta_loss"], state.opt_state[0]["params"]
+
+        super().__init__(step_fn, state, batches, donate=True)
+
+
+class _BatchNorm(nn.Module):
+    """Batch-statistics BatchNorm, written out (flax's BatchNorm would keep running averages)."""
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        mean = x.mean(axis=(0, 1, 2))
+        var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
+        return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+
+class PlainConv4(nn.Module):
+    """Conv4 the straightforward way: ``nn.Conv`` with SAME padding, no lowering tricks."""
+
+    ways: int
+    variant: str
+    filters: int
+
+    @nn.compact
+    def __call__(self, x):
+        omniglot = self.variant == "omniglot"
+        for i in range(4):
+            x = nn.Conv(self.filters, (3, 3), strides=2 if omniglot else 1, padding="SAME",
+                        name=f"conv{i}")(x)
+            x = nn.relu(_BatchNorm(name=f"norm{i}")(x))
+            if not omniglot:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.mean(axis=(1, 2)) if omniglot else x.reshape(x.shape[0], -1)
+        return nn.Dense(self.ways, name="head")(x)
+
+
+def plain_meta_loss(workload: Workload):
+    """``meta_loss(params, tasks)``: a Python loop of inner steps per task, ``vmap`` over tasks."""
+    model = PlainConv4(workload.ways, workload.variant, workload.filters)
+
+    def loss(params, x, y):
+        logits = model.apply({"params": params}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def task_loss(params, xs, ys, xq, yq):
+        fast = params
+        for _ in range(workload.inner_steps):
+            grads = jax.grad(loss)(fast, xs, ys)
+            fast = jax.tree.map(lambda p, g: p - workload.inner_lr * g, fast, grads)
+        return loss(fast, xq, yq)
+
+    def meta_loss(params, tasks):
+        return jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0))(params, *tasks).mean()
+
+    return meta_loss
+
+
+class PlainJaxBench(_JaxBench):
+    """The in-framework baseline: ``value_and_grad`` of the plain meta-loss, optax Adam, ``jit``."""
+
+    def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
+        del options
+        self.meta_loss = plain_meta_loss(workload)
+        optimizer = optax.adam(workload.meta_lr)
+        params = jax.tree.map(jnp.asarray, params)
+
+        def step_fn(carry, tasks):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(self.meta_loss)(params, tasks)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss, grads
+
+        super().__init__(step_fn, (params, optimizer.init(params)), batches, donate=False)
+

@@ -1,0 +1,84 @@
+"""Timing one implementation on one workload: compile apart, warm-up, median of synchronised steps."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import traceback
+from typing import Any
+
+import jax
+import numpy as np
+
+from jmaml.bench.base import Factory, Grads, Skipped
+from jmaml.bench.workloads import Workload, init_params, make_batches
+
+
+def measure(name: str, factory: Factory, workload: Workload, *, steps: int, warmup: int, batches: int,
+            options: dict[str, Any], peak_flops: float | None) -> tuple[dict[str, Any], Grads | None]:
+    """Sets up ``factory`` on ``workload`` and times its meta-step.
+
+    The first step also returns its meta-gradient, for :func:`gradient_error` against the
+    other implementations. Every step is synchronised (the loss is read back to the host)
+    before the clock is read; inputs rotate among ``batches`` prepared batches. Compilation
+    (JAX) is timed on its own before the warm-up steps.
+
+    Returns:
+      ``(record, first meta-gradient or None)``; the record's ``status`` is ``"ok"``,
+      ``"skipped"`` or ``"error"``.
+    """
+    record: dict[str, Any] = {"workload": workload.name, "title": workload.title, "impl": name,
+                              "steps": steps, "warmup": warmup, "meta_batch": workload.meta_batch,
+                              "options": options}
+    try:
+        start = time.perf_counter()
+        inputs = make_batches(workload, batches)
+        bench = factory(workload, init_params(workload), inputs, options)
+        setup_s = time.perf_counter() - start
+        start = time.perf_counter()
+        first_loss, grads = bench.step_on(inputs[0])
+        first_step_s = time.perf_counter() - start
+        for i in range(1, warmup):
+            bench.step(i)
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            bench.step(warmup + i)
+            times.append(time.perf_counter() - start)
+    except Skipped as err:
+        return {**record, "status": "skipped", "reason": str(err)}, None
+    except Exception as err:  # noqa: BLE001  one failing implementation must not stop the others
+        traceback.print_exc()
+        return {**record, "status": "error", "reason": f"{type(err).__name__}: {err}"}, None
+    median = statistics.median(times)
+    flops = bench.flops
+    compile_s = bench.compile_s
+    return {
+        **record, "status": "ok", "device": bench.device,
+        "median_ms": 1e3 * median, "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times),
+        "tasks_per_s": workload.meta_batch / median,
+        "compile_s": compile_s, "setup_s": setup_s, "first_step_s": first_step_s,
+        # the issue's figure of merit: a 100-step run, compile (or the eager first step) included
+        "run_100_s": (compile_s or 0.0) + first_step_s + 99 * median,
+        "flops": flops, "tflops_per_s": flops / median / 1e12 if flops else None,
+        "peak_fraction": flops / median / peak_flops if flops and peak_flops else None,
+        "peak_bytes": bench.peak_bytes(), "program_bytes": bench.program_bytes,
+        "first_loss": first_loss, "load_avg_1min_end": os.getloadavg()[0],
+    }, grads
+
+
+def gradient_error(grads: Grads, reference: Grads) -> float:
+    """Largest relative difference of two meta-gradients, leaf by leaf, in the L2 norm.
+
+    Leaves whose reference norm is under 1% of the largest are compared against that floor
+    instead: conv biases ahead of BatchNorm have an exact gradient of zero, so theirs is
+    rounding noise in every implementation.
+    """
+    leaves, refs = jax.tree.leaves(grads), jax.tree.leaves(reference)
+    if jax.tree.structure(grads) != jax.tree.structure(reference):
+        raise ValueError("meta-gradients have different parameter trees")
+    norms = [float(np.linalg.norm(r)) for r in refs]
+    floor = 1e-2 * max(norms)
+    return max(float(np.linalg.norm(np.asarray(a) - r)) / max(n, floor)
+               for a, r, n in zip(leaves, refs, norms))

@@ -1,0 +1,78 @@
+"""``benchmarks/throughput.py`` / ``jmaml bench``: the command line of the throughput benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jmaml.bench import environment, report
+from jmaml.bench.jax_impls import JmamlBench, PlainJaxBench
+from jmaml.bench.measure import gradient_error, measure
+from jmaml.bench.torch_impls import TorchFuncBench, TorchLoopBench
+from jmaml.bench.workloads import WORKLOADS, select
+
+IMPLS = {"jmaml": JmamlBench, "plain_jax": PlainJaxBench, "torch_loop": TorchLoopBench,
+         "torch_func": TorchFuncBench}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also used by ``jmaml bench``)."""
+    p = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: all")
+    p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="default: all")
+    p.add_argument("--steps", type=int, default=None, help="timed meta-steps (default 30, quick 5)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up meta-steps (default 3, quick 2)")
+    p.add_argument("--batches", type=int, default=3, help="input batches the steps rotate among")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, a few steps: CI-sized")
+    p.add_argument("--conv", choices=("auto", "xla", "patches"), default="auto",
+                   help="jmaml's convolution lowering (auto: patches on CPU, xla elsewhere)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="PyTorch intra-op threads on CPU (default 0: PyTorch's own choice)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
+    p.add_argument("--markdown", metavar="PATH", help="write the Markdown table here")
+    return p
+
+
+def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Measures every selected implementation on every selected workload."""
+    steps = args.steps if args.steps is not None else (5 if args.quick else 30)
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
+    if steps < 1 or warmup < 1 or args.batches < 1:
+        raise ValueError("--steps, --warmup and --batches must be at least 1")
+    env = environment.describe()
+    records = []
+    for workload in select(args.workloads, args.quick):
+        reference = None  # the first implementation's meta-gradient on the first batch
+        for name in args.impls or list(IMPLS):
+            options = ({"conv": args.conv} if name == "jmaml" else
+                       {"threads": args.torch_threads} if name.startswith("torch") else {})
+            record, grads = measure(name, IMPLS[name], workload, steps=steps, warmup=warmup,
+                                    batches=args.batches, options=options, peak_flops=env["peak_flops"])
+            if grads is not None:
+                if reference is None:
+                    reference = (name, record["first_loss"], grads)
+                record["check_against"] = reference[0]
+                record["loss_diff"] = abs(record["first_loss"] - reference[1])
+                record["grad_rel_err"] = gradient_error(grads, reference[2])
+            print(report.row(record), file=sys.stderr, flush=True)
+            records.append(record)
+    return env, records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark, prints the Markdown table, writes ``--json`` / ``--markdown``.
+
+    Returns:
+      0, or 1 when an implementation failed (skipped ones do not count).
+    """
+    args = parser().parse_args(argv)
+    env, records = run(args)
+    table = report.markdown(env, records)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(report.to_json(env, records))
+    return 1 if any(r["status"] == "error" for r in records) else 0
