@@ -15,9 +15,10 @@ IMPLS = {"jmaml": JmamlBench, "plain_jax": PlainJaxBench, "torch_loop": TorchLoo
          "torch_func": TorchFuncBench}
 
 
-def parser() -> argparse.ArgumentParser:
-    """The benchmark's options (also used by ``jmaml bench``)."""
-    p = argparse.ArgumentParser(prog="throughput", description=__doc__.split("\n")[0])
+def parser(prog: str = "throughput") -> argparse.ArgumentParser:
+    """The benchmark's options (also used by ``jmaml bench``, with ``prog="jmaml bench"``)."""
+    p = argparse.ArgumentParser(prog=prog, description="Meta-step throughput of jmaml, plain JAX and "
+                                "the PyTorch peers on the MAML paper's workloads.")
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: all")
     p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="default: all")
     p.add_argument("--steps", type=int, default=None, help="timed meta-steps (default 30, quick 5)")
@@ -59,13 +60,17 @@ def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return env, records
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "throughput") -> int:
     """Runs the benchmark, prints the Markdown table, writes ``--json`` / ``--markdown``.
+
+    Args:
+      argv: command-line arguments (default ``sys.argv[1:]``).
+      prog: program name shown in ``--help`` and errors.
 
     Returns:
       0, or 1 when an implementation failed (skipped ones do not count).
     """
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     env, records = run(args)
     table = report.markdown(env, records)
     print(table)
