@@ -1,4 +1,4 @@
-"""The ``jmaml`` command: ``jmaml train | eval``."""
+"""The ``jmaml`` command: ``jmaml train | eval | bench``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/<config>-<time>)")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--data-dir", help="data folder (default: $JMAML_DATA_DIR or the user cache)")
+    train.add_argument("--no-download", action="store_true",
+                       help="never download data; fail if it is not in the data folder")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set inner_lr=0.1 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("bench", add_help=False,
+                   help="time jmaml against plain JAX and the PyTorch peers (jmaml bench --help)")
 
     evaluate = sub.add_parser("eval", help="meta-test a trained run again from its checkpoint")
     evaluate.add_argument("run_dir")
@@ -41,6 +46,8 @@ def _train(args) -> None:
     for key in ("steps", "seed", "data_dir"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.no_download:
+        overrides["download"] = False
     cfg = get_config(args.config, overrides)
     out = args.out or os.path.join("runs", f"{args.config}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     result = train(cfg, out, progress=not args.no_progress)
@@ -62,6 +69,11 @@ def _eval(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jmaml`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark has its own options
+        from jmaml.bench.runner import main as bench_main
+
+        return bench_main(argv[1:], prog="jmaml bench")
     args = _parser().parse_args(argv)
     try:
         {"train": _train, "eval": _eval}[args.command](args)

@@ -54,6 +54,7 @@ class Config:
     seed: int = 0
     log_every: int = 100
     data_dir: str = ""
+    download: bool = True
     data_seed: int = 0
     image_size: int = 28
     # algorithm options (see README's algorithm table)

@@ -102,7 +102,8 @@ def omniglot_workload(cfg: Config) -> Workload:
     """Omniglot, Vinyals et al. split: 1200 characters x 4 rotations to meta-train, 423 x 4 to test."""
     from jmaml.data.omniglot import load_omniglot
 
-    splits = load_omniglot(cfg.data_dir or None, image_size=cfg.image_size, seed=cfg.data_seed)
+    splits = load_omniglot(cfg.data_dir or None, image_size=cfg.image_size, seed=cfg.data_seed,
+                           download=cfg.download)
     return image_workload(cfg, splits.train, splits.test, "omniglot")
 
 

@@ -44,12 +44,14 @@ def test_rotations_rotate(omniglot):
 
 
 def test_cache_is_used_and_other_seeds_split_disjointly(omniglot, omniglot_cache, tmp_path):
-    # The first load wrote the cache; with it, no packed file is needed any more.
+    # The first load wrote the cache; with it, the default folder needs no packed file any more.
     assert [p.name for p in omniglot_cache.iterdir()] == ["omniglot_28px_box_v1.npz"]
-    again = og.load_omniglot(tmp_path / "nowhere", cache_dir=omniglot_cache, download=False)
+    again = og.load_omniglot(None, cache_dir=omniglot_cache, download=False)
     np.testing.assert_array_equal(again.test, omniglot.test)
-    other = og.load_omniglot(tmp_path / "nowhere", cache_dir=omniglot_cache, download=False,
-                             seed=1, val_classes=400)
+    # but a folder named explicitly must hold the data: a wrong path is an error, not the cache
+    with pytest.raises(JmamlError, match="nowhere does not exist"):
+        og.load_omniglot(tmp_path / "nowhere", cache_dir=omniglot_cache, download=False)
+    other = og.load_omniglot(None, cache_dir=omniglot_cache, download=False, seed=1, val_classes=400)
     assert [len(a) for a in other] == [4400, 400, 1692]
     assert not np.array_equal(other.test[:4], omniglot.test[:4])
 

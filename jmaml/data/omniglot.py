@@ -322,8 +322,8 @@ def fetch_omniglot(data_dir: PathLike | None = None, *, download: bool = True,
         what = "does not exist" if not folder.is_dir() else "lacks " + " and ".join(
             f"{s}.npz" for s in missing)
         raise JmamlError(f"Omniglot folder {folder} {what}; copy background.npz and evaluation.npz "
-                         "there (see shared/data/omniglot/README.md), set JMAML_DATA_DIR, or pass "
-                         "download=True")
+                         "there (see shared/data/omniglot/README.md), set JMAML_DATA_DIR, or allow the "
+                         "download (download=True; on the command line, drop --no-download)")
     for split in missing:
         archive = folder / f"images_{split}.zip"
         fetched = not archive.is_file()
@@ -415,6 +415,9 @@ def load_characters(data_dir: PathLike | None = None, *, image_size: int = 28, r
     cache = resolve_data_dir(cache_dir, "omniglot") / (
         f"omniglot_{image_size}px_{resample.lower()}_v{_CACHE_VERSION}.npz")
     shape = (NUM_CHARACTERS, DRAWINGS, image_size, image_size)
+    # An explicit data folder must hold the data even when a resized cache exists: a wrong
+    # --data-dir is reported, not silently replaced by whatever the cache holds.
+    paths = fetch_omniglot(data_dir, download=download) if data_dir is not None else None
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as d:
@@ -424,7 +427,7 @@ def load_characters(data_dir: PathLike | None = None, *, image_size: int = 28, r
         except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError):
             pass
         warnings.warn(f"ignoring unreadable Omniglot cache {cache}; rebuilding it", stacklevel=2)
-    paths = fetch_omniglot(data_dir, download=download)
+    paths = paths or fetch_omniglot(data_dir, download=download)
     raw = np.concatenate([read_packed(paths[s], s) for s in SPLITS])
     images = resize_images(raw, image_size, resample)
     try:

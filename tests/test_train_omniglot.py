@@ -1,0 +1,53 @@
+"""A short meta-training run on the real Omniglot data learns far better than chance."""
+
+import json
+
+import pytest
+
+from jmaml.configs import get_config
+from jmaml.errors import JmamlError
+from jmaml.train import train
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data_root")
+
+
+@pytest.fixture
+def cache(monkeypatch, data_root):
+    """A private default data root (and so a private resized-image cache) for these tests."""
+    monkeypatch.setenv("JMAML_DATA_DIR", str(data_root))
+
+
+def test_short_omniglot_run_beats_chance(tmp_path, omniglot_dir, cache):
+    # A tiny conv4 (8 filters) and 4 tasks per step keep this to about a minute on 2 CPU cores.
+    cfg = get_config("omniglot-5w1s", {"steps": 150, "filters": 8, "meta_batch": 4, "eval_tasks": 200,
+                                       "eval_batch": 100, "eval_max_steps": 3, "log_every": 50,
+                                       "data_dir": str(omniglot_dir)})
+    result = train(cfg, str(tmp_path / "run"), progress=False)
+    assert result["metric"] == "accuracy" and result["tasks"] == 200
+    chance = 1 / cfg.ways
+    assert abs(result["per_step"][0] - chance) < 0.05  # before adapting, the head has no idea
+    assert result["mean"] > 2 * chance, result  # after 3 inner steps: well above 20%
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["mean"] == result["mean"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ways": 5000}, "ways=5000 is more than the 4800 classes"),
+    ({"shots": 10, "queries": 15}, r"shots \+ queries = 10 \+ 15 = 25 is more than the 20 examples per class"),
+])
+def test_episode_that_the_data_cannot_fill(tmp_path, omniglot_dir, cache, overrides, message):
+    cfg = get_config("omniglot-5w1s", {"data_dir": str(omniglot_dir), **overrides})
+    with pytest.raises(JmamlError, match=message):
+        train(cfg, str(tmp_path / "run"), progress=False)
+
+
+def test_missing_data_directory(capsys, tmp_path, cache):
+    from jmaml import cli
+
+    code = cli.main(["train", "omniglot-5w1s", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
+                     "--out", str(tmp_path / "run"), "--steps", "1", "--set", "filters=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"error: Omniglot folder {tmp_path / 'nowhere'} does not exist; copy background.npz" in err
