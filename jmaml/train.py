@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from jmaml import checkpoint, run_dir
+from jmaml.core import schedules
 from jmaml.algorithms import from_config
 from jmaml.configs import Config, validate
 from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
@@ -21,9 +22,7 @@ from jmaml.workloads import Workload, eval_batch, make_workload
 
 def meta_optimizer(cfg: Config) -> optax.GradientTransformation:
     """Adam on the meta-parameters, with a constant or cosine-annealed learning rate."""
-    if cfg.lr_schedule == "cosine":
-        return optax.adam(optax.cosine_decay_schedule(cfg.meta_lr, cfg.steps))
-    return optax.adam(cfg.meta_lr)
+    return schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule)
 
 
 def keys(cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -78,19 +77,21 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
     with open(os.path.join(out, run_dir.CONFIG), "w") as f:
         f.write(cfg.to_json())
 
-    step = make_train_step(learner, optimizer, workload.train_tasks)
-    chunk = min(cfg.log_every, cfg.steps)
-    run_chunk = jax.jit(scan_steps(step, chunk), donate_argnums=0)
     log = run_dir.MetricsLog(out)
     bar = _progress(cfg.steps, progress)
     start = time.perf_counter()
     done = 0
+    compiled = {}  # (phase learner, chunk length) -> jitted chunk; at most a few in a run
     try:
         while done < cfg.steps:
-            n = min(chunk, cfg.steps - done)
-            if n != chunk:  # the last, shorter chunk compiles once more
-                run_chunk = jax.jit(scan_steps(step, n), donate_argnums=0)
-            state, metrics = run_chunk(state, workload.train_data)
+            phase = learner.at_step(done)  # derivative-order annealing switches learners once
+            n = min(cfg.log_every, cfg.steps - done)
+            if done < learner.first_order_steps:
+                n = min(n, learner.first_order_steps - done)
+            if (phase, n) not in compiled:
+                step = make_train_step(phase, optimizer, workload.train_tasks)
+                compiled[phase, n] = jax.jit(scan_steps(step, n), donate_argnums=0)
+            state, metrics = compiled[phase, n](state, workload.train_data)
             done += n
             values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - start
