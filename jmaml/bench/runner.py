@@ -25,8 +25,8 @@ def parser(prog: str = "throughput") -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="warm-up meta-steps (default 3, quick 2)")
     p.add_argument("--batches", type=int, default=3, help="input batches the steps rotate among")
     p.add_argument("--quick", action="store_true", help="tiny shapes, a few steps: CI-sized")
-    p.add_argument("--conv", choices=("auto", "xla", "patches"), default="auto",
-                   help="jmaml's convolution lowering (auto: patches on CPU, xla elsewhere)")
+    p.add_argument("--conv", choices=("auto", "xla", "im2col"), default="auto",
+                   help="jmaml's convolution lowering (auto: im2col on CPU, xla elsewhere)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="PyTorch intra-op threads on CPU (default 0: PyTorch's own choice)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON here")
