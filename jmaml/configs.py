@@ -180,6 +180,8 @@ def validate(cfg: Config) -> Config:
              f"hidden must be positive layer widths like 40,40, got {cfg.hidden!r}")
     _require(cfg.eval_tasks % cfg.eval_batch == 0 or cfg.eval_tasks < cfg.eval_batch,
              f"eval_tasks ({cfg.eval_tasks}) must be a multiple of eval_batch ({cfg.eval_batch})")
+    if cfg.dataset == "mini_imagenet":
+        _require(cfg.image_size == 84, f"miniImageNet images are 84x84: leave image_size at 84, got {cfg.image_size}")
     if cfg.dataset == "sinusoid":
         _require(cfg.ways == 1, f"sinusoid regression has no classes: leave ways at 1, got {cfg.ways}")
     else:

@@ -176,6 +176,22 @@ class MetaLearner:
         """Adapted parameters for one task (its support set, no task axis)."""
         return self.inner_loop(meta_params, x_support, y_support, steps=steps)[0]
 
+    def check_model_input(self, meta_params: PyTree, tasks: Tasks) -> None:
+        """Raises one JmamlError if the model cannot take one task's support inputs.
+
+        Runs ``apply_fn`` abstractly (``jax.eval_shape``: no compilation, no FLOPs), so an image
+        of the wrong size or channel count is reported before anything is compiled.
+        """
+        x = jax.ShapeDtypeStruct(jnp.shape(tasks.x_support)[1:], jnp.result_type(tasks.x_support))
+        try:
+            jax.eval_shape(self.apply_fn, meta_params["params"], x)
+        except Exception as err:  # flax and lax raise several types for a shape mismatch
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise JmamlError(
+                f"the model cannot take this task's inputs of shape {x.shape} (examples, ...): {first}; "
+                "make the data's shape (e.g. image size and channels) match what the model was "
+                "initialised with") from err
+
     def scores(self, params: Params, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         """Loss and every metric of ``params`` on ``(x, y)``."""
         outputs = self.apply_fn(params, x)
@@ -210,6 +226,7 @@ class MetaLearner:
           meta-parameters.
         """
         check_tasks(tasks)
+        self.check_model_input(meta_params, tasks)
         learner = self
         if self.first_order_steps:  # annealed in the program; at_step() gives two faster learners
             learner = dataclasses.replace(self, first_order_steps=0, first_order=jnp.logical_or(
@@ -226,6 +243,7 @@ class MetaLearner:
           A dict of ``[tasks, steps + 1]`` arrays: ``loss`` and one per metric.
         """
         check_tasks(tasks)
+        self.check_model_input(meta_params, tasks)
 
         def one(mp, task):
             observe = lambda p: self.scores(p, task.x_query, task.y_query)  # noqa: E731
