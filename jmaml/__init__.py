@@ -11,7 +11,7 @@ from jmaml.core.inner import (InnerRule, apply_step, from_optax, frozen, learned
                               per_step_values, proximal, sgd)
 from jmaml.core.learner import MetaLearner, check_tasks
 from jmaml.core.schedules import meta_lr_schedule, meta_optimizer, msl_weights
-from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
+from jmaml.core.step import TrainState, init_state, make_train_step, meta_gradient, scan_steps
 from jmaml.core.types import Tasks
 from jmaml.errors import JmamlError
 from jmaml.models import MLP, BatchStatNorm, Conv4, functional
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchStatNorm", "Conv4", "InnerRule", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
     "check_tasks", "fomaml", "frozen", "functional", "init_state", "learned_sgd", "losses", "maml",
-    "make_train_step", "per_step_sgd", "pretrain", "scan_steps", "sgd",
+    "make_train_step", "meta_gradient", "per_step_sgd", "pretrain", "scan_steps", "sgd",
     "anil", "apply_step", "cg_solve", "from_config", "from_optax", "imaml", "maml_pp", "meta_lr_schedule",
     "meta_optimizer", "meta_sgd", "msl_weights", "per_step_values", "proximal", "reptile",
 ]

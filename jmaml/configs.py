@@ -37,10 +37,12 @@ class Config:
     inner_steps: int = 1
     test_inner_steps: int = 1
     first_order: bool = False
+    remat: bool = False
     # outer loop
     meta_lr: float = 1e-3
     lr_schedule: str = "constant"
     steps: int = 70_000
+    meta_chunks: int = 1
     # model: MLP widths for regression, conv filters for images (0 = the paper's)
     hidden: tuple[int, ...] = (40, 40)
     filters: int = 0
@@ -158,7 +160,8 @@ def validate(cfg: Config) -> Config:
     _require(cfg.algorithm in ALGORITHM_NAMES,
              f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHM_NAMES)}")
     for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
-                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size"):
+                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size",
+                "meta_chunks"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{key} must be a positive integer, got {value!r}")
@@ -180,6 +183,8 @@ def validate(cfg: Config) -> Config:
              f"hidden must be positive layer widths like 40,40, got {cfg.hidden!r}")
     _require(cfg.eval_tasks % cfg.eval_batch == 0 or cfg.eval_tasks < cfg.eval_batch,
              f"eval_tasks ({cfg.eval_tasks}) must be a multiple of eval_batch ({cfg.eval_batch})")
+    _require(cfg.meta_batch % cfg.meta_chunks == 0,
+             f"meta_chunks ({cfg.meta_chunks}) must divide meta_batch ({cfg.meta_batch})")
     if cfg.dataset == "mini_imagenet":
         _require(cfg.image_size == 84, f"miniImageNet images are 84x84: leave image_size at 84, got {cfg.image_size}")
     if cfg.dataset == "sinusoid":

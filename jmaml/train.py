@@ -34,6 +34,8 @@ def keys(cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
 def build(cfg: Config, workload: Workload):
     """The learner, the meta-optimizer and the initial train state of ``cfg``."""
     learner = from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
+    if cfg.remat:
+        learner = dataclasses.replace(learner, remat=True)
     optimizer = meta_optimizer(cfg)
     init_key, train_key, _ = keys(cfg)
     state = init_state(learner, optimizer, workload.init(init_key), train_key)
@@ -89,7 +91,7 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
             if done < learner.first_order_steps:
                 n = min(n, learner.first_order_steps - done)
             if (phase, n) not in compiled:
-                step = make_train_step(phase, optimizer, workload.train_tasks)
+                step = make_train_step(phase, optimizer, workload.train_tasks, chunks=cfg.meta_chunks)
                 compiled[phase, n] = jax.jit(scan_steps(step, n), donate_argnums=0)
             state, metrics = compiled[phase, n](state, workload.train_data)
             done += n

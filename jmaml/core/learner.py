@@ -75,6 +75,9 @@ class MetaLearner:
       inner_batch: examples per inner step (0: the whole support set). Step ``k`` uses the
         ``inner_batch`` examples from index ``k * inner_batch`` on, cycling through the support
         set, which is in random order already (Reptile's minibatches).
+      remat: rematerialise each inner step in the backward pass (``jax.checkpoint``): the
+        meta-gradient then stores only the parameters between steps, not every activation, so
+        memory grows far slower with the number of inner steps, for about one more forward pass.
       first_order_steps: derivative-order annealing (MAML++): the first ``first_order_steps``
         meta-steps are first order, the later ones use ``first_order``. For speed the training
         loop runs ``at_step(step)``, one of two fixed learners; ``meta_loss`` of this learner
@@ -91,6 +94,7 @@ class MetaLearner:
     unroll: int | bool = 1
     inner_batch: int = 0
     first_order_steps: int = 0
+    remat: bool = False
 
     def __post_init__(self):
         check_positive("inner_steps", self.inner_steps, integer=True)
@@ -168,6 +172,8 @@ class MetaLearner:
             params, state = apply_step(self.rule, hyper, params, grads, k, state)
             return (params, state), (observe(params) if observe is not None else None)
 
+        if self.remat:
+            step = jax.checkpoint(step)
         (params, _), observed = lax.scan(step, (params, state), jnp.arange(steps), unroll=self.unroll)
         return params, observed
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import optax
 
 from jmaml.core.learner import MetaLearner
 from jmaml.core.types import Params, PyTree, Tasks
+from jmaml.errors import JmamlError
 
 
 class TrainState(NamedTuple):
@@ -35,10 +36,37 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, pa
     return TrainState(jnp.zeros((), jnp.int32), meta_params, optimizer.init(meta_params), key)
 
 
+def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, train_step: Any = 0,
+                  *, chunks: int = 1) -> tuple[tuple[jax.Array, dict], PyTree]:
+    """``((meta_loss, aux), meta_gradient)``, optionally over the meta-batch in ``chunks``.
+
+    With ``chunks > 1`` the tasks are split into equal chunks whose gradients are accumulated
+    in a ``lax.scan``: the same result (the mean over all tasks), with the memory of one chunk.
+    """
+    grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
+    if chunks == 1:
+        return grad_fn(meta_params, tasks, train_step)
+    size = jnp.shape(tasks.x_support)[0]
+    if size % chunks:
+        raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {size} tasks")
+    split = jax.tree.map(lambda a: a.reshape(chunks, size // chunks, *a.shape[1:]), tasks)
+
+    def add_chunk(total, chunk):
+        (loss, aux), grads = grad_fn(meta_params, chunk, train_step)
+        return jax.tree.map(jnp.add, total, (loss, grads)), aux
+
+    zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, meta_params))
+    (loss, grads), aux = jax.lax.scan(add_chunk, zero, split)
+    aux = jax.tree.map(lambda a: a.reshape(size, *a.shape[2:]), aux)
+    return (loss / chunks, aux), jax.tree.map(lambda g: g / chunks, grads)
+
+
 def make_train_step(
     learner: MetaLearner,
     optimizer: optax.GradientTransformation,
     sample_tasks: Callable[[jax.Array, PyTree], Tasks] | None = None,
+    *,
+    chunks: int = 1,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, tasks=None, data=None) -> (state, metrics)``.
 
@@ -49,6 +77,8 @@ def make_train_step(
         its own meta-batch from ``state.key`` and the device-resident ``data`` (e.g. all
         training images), inside the compiled program. ``data`` is an argument rather than
         a closed-over constant so that it is not baked into the compiled program.
+      chunks: split the meta-batch into this many chunks and accumulate their gradients
+        (:func:`meta_gradient`), to fit large meta-batches in memory.
 
     Returns:
       The step. Its metrics are scalars: ``meta_loss`` and the task means of the learner's aux.
@@ -58,8 +88,7 @@ def make_train_step(
         key, sample_key = jax.random.split(state.key)
         if tasks is None:
             tasks = sample_tasks(sample_key, data)
-        grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
-        (loss, aux), grads = grad_fn(state.meta_params, tasks, state.step)
+        (loss, aux), grads = meta_gradient(learner, state.meta_params, tasks, state.step, chunks=chunks)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         metrics = {"meta_loss": loss, **{k: jnp.mean(v) for k, v in aux.items()}}
