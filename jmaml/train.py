@@ -94,6 +94,8 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
                 step = make_train_step(phase, optimizer, workload.train_tasks, chunks=cfg.meta_chunks)
                 compiled[phase, n] = jax.jit(scan_steps(step, n), donate_argnums=0)
             state, metrics = compiled[phase, n](state, workload.train_data)
+            if cfg.checkpoint_every and (done + n) // cfg.checkpoint_every > done // cfg.checkpoint_every:
+                checkpoint.save(os.path.join(out, run_dir.CHECKPOINTS), done + n, state)
             done += n
             values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - start
@@ -103,7 +105,8 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
     finally:
         bar.close()
         log.close()
-    checkpoint.save(os.path.join(out, run_dir.CHECKPOINTS), done, state)
+    if not cfg.checkpoint_every or done % cfg.checkpoint_every:
+        checkpoint.save(os.path.join(out, run_dir.CHECKPOINTS), done, state)
     result = evaluate_run(cfg, workload, learner, state.meta_params)
     result["train_seconds"] = time.perf_counter() - start
     run_dir.write_json(os.path.join(out, run_dir.EVAL), result)

@@ -90,3 +90,11 @@ def test_config_roundtrip():
 
     for cfg in CONFIGS.values():
         assert Config.from_json(cfg.to_json()) == cfg
+
+
+def test_periodic_checkpoints_keep_the_latest(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "train", "sinusoid", "--steps", "7", "--out", str(out), "--no-progress",
+                         "--set", "log_every=2", "--set", "checkpoint_every=4", "--set", "eval_tasks=10")
+    assert code == 0
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [4, 7]
