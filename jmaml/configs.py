@@ -169,7 +169,8 @@ def validate(cfg: Config) -> Config:
     for key in ("inner_lr", "meta_lr", "proximal_lambda"):
         value = getattr(cfg, key)
         _require(isinstance(value, (int, float)) and value > 0, f"{key} must be positive, got {value!r}")
-    for key in ("filters", "data_seed", "checkpoint_every", "msl_anneal_steps", "first_order_steps", "reptile_batch", "eval_max_steps"):
+    for key in ("filters", "data_seed", "checkpoint_every", "msl_anneal_steps",
+                "first_order_steps", "reptile_batch", "eval_max_steps"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
     _require(cfg.eval_max_steps >= cfg.test_inner_steps,
