@@ -8,6 +8,7 @@ import tempfile
 from typing import Any
 
 from jmaml.configs import Config
+from jmaml.data.paths import atomic_write
 from jmaml.errors import JmamlError
 
 CONFIG = "config.json"
@@ -34,12 +35,10 @@ def create(path: str) -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON atomically (temp file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    """Writes ``obj`` as JSON atomically (:func:`jmaml.data.paths.atomic_write`)."""
+    with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def load_config(path: str) -> Config:
