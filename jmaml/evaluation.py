@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -18,6 +19,16 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     if values.size < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(learner: MetaLearner, sample_tasks: Callable, max_steps: int, name: str) -> Callable:
+    """The jitted per-task scores, built once per (learner, sampler, steps, metric).
+
+    Cached so that repeated meta-tests during training (``benchmarks/time_to_accuracy.py``)
+    reuse one compiled program instead of tracing a fresh lambda each time.
+    """
+    return jax.jit(lambda mp, k, d: learner.evaluate(mp, sample_tasks(k, d), steps=max_steps)[name])
 
 
 def meta_test(
@@ -51,8 +62,7 @@ def meta_test(
       ``{"metric", "mean", "ci95", "tasks", "test_steps", "per_step", "per_step_ci95"}``,
       where ``per_step[k]`` is the mean after ``k`` inner steps.
     """
-    name = "loss" if metric == "mse" else metric
-    score = jax.jit(lambda mp, k, d: learner.evaluate(mp, sample_tasks(k, d), steps=max_steps)[name])
+    score = _scorer(learner, sample_tasks, max_steps, "loss" if metric == "mse" else metric)
     keys = jax.random.split(key, -(-num_tasks // batch))
     per_task = np.concatenate([np.asarray(score(meta_params, k, data)) for k in keys])  # [tasks, steps+1]
     per_step = [mean_ci95(per_task[:, k]) for k in range(max_steps + 1)]
