@@ -82,7 +82,8 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
     log = run_dir.MetricsLog(out)
     bar = _progress(cfg.steps, progress)
     start = time.perf_counter()
-    done = 0
+    done = saved = 0
+    checkpoints = os.path.join(out, run_dir.CHECKPOINTS)
     compiled = {}  # (phase learner, chunk length) -> jitted chunk; at most a few in a run
     try:
         while done < cfg.steps:
@@ -95,7 +96,8 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
                 compiled[phase, n] = jax.jit(scan_steps(step, n), donate_argnums=0)
             state, metrics = compiled[phase, n](state, workload.train_data)
             if cfg.checkpoint_every and (done + n) // cfg.checkpoint_every > done // cfg.checkpoint_every:
-                checkpoint.save(os.path.join(out, run_dir.CHECKPOINTS), done + n, state)
+                checkpoint.save(checkpoints, done + n, state)
+                saved = done + n
             done += n
             values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - start
@@ -105,8 +107,8 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
     finally:
         bar.close()
         log.close()
-    if not cfg.checkpoint_every or done % cfg.checkpoint_every:
-        checkpoint.save(os.path.join(out, run_dir.CHECKPOINTS), done, state)
+    if saved != done:
+        checkpoint.save(checkpoints, done, state)
     result = evaluate_run(cfg, workload, learner, state.meta_params)
     result["train_seconds"] = time.perf_counter() - start
     run_dir.write_json(os.path.join(out, run_dir.EVAL), result)
