@@ -21,9 +21,8 @@ import jax
 from jmaml.bench.environment import describe
 from jmaml.configs import get_config, parse_overrides
 from jmaml.core.step import make_train_step, scan_steps
-from jmaml.evaluation import meta_test
-from jmaml.train import build, keys
-from jmaml.workloads import eval_batch, make_workload
+from jmaml.train import build, evaluate_run
+from jmaml.workloads import make_workload
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     chunk = jax.jit(scan_steps(make_train_step(learner, optimizer, workload.train_tasks), cfg.log_every),
                     donate_argnums=0)
 
+    def show(mean, ci95):  # accuracy in percent, a loss as it is
+        if workload.metric == "accuracy":
+            return f"{100 * mean:.2f} +- {100 * ci95:.2f}%"
+        return f"{mean:.4f} +- {ci95:.4f}"
+
     def accuracy(meta_params, tasks):
-        test = dataclasses.replace(cfg, eval_tasks=tasks)
-        return meta_test(learner, meta_params, workload.test_tasks, workload.test_data, key=keys(cfg)[2],
-                         num_tasks=tasks, batch=eval_batch(test), max_steps=cfg.test_inner_steps,
-                         test_steps=cfg.test_inner_steps, metric=workload.metric)
+        test = dataclasses.replace(cfg, eval_tasks=tasks, eval_max_steps=cfg.test_inner_steps)
+        return evaluate_run(test, workload, learner, meta_params)
 
     start = time.perf_counter()
     chunk = chunk.lower(state, workload.train_data).compile()
@@ -65,21 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         done += cfg.log_every
         if trained >= next_eval or trained >= args.budget or done >= cfg.steps:
             result = accuracy(state.meta_params, args.eval_tasks)
-            rows.append({"seconds": trained, "step": done, "accuracy": result["mean"], "ci95": result["ci95"]})
-            print(f"{trained:8.1f} s  step {done:6d}  accuracy {100 * result['mean']:.2f} +- "
-                  f"{100 * result['ci95']:.2f}%", file=sys.stderr, flush=True)
+            rows.append({"seconds": trained, "step": done, "mean": result["mean"], "ci95": result["ci95"]})
+            print(f"{trained:8.1f} s  step {done:6d}  {workload.metric} {show(result['mean'], result['ci95'])}",
+                  file=sys.stderr, flush=True)
             next_eval = trained + args.eval_every
     final = accuracy(state.meta_params, args.final_tasks)
 
     env = describe()
     print(f"{cfg.name}: {', '.join(f'{k}={v}' for k, v in overrides.items()) or 'paper settings'}; "
           f"device {env['jax_device']} ({env['cpu_count']} cores), jax {env['jax']}, commit {env['commit']}, "
-          f"{env['date']}. Compile {compile_seconds:.1f} s (not counted). Accuracy after "
+          f"{env['date']}. Compile {compile_seconds:.1f} s (not counted). Test {workload.metric} after "
           f"{cfg.test_inner_steps} inner steps on {args.eval_tasks} test tasks (95% interval).\n")
-    print("| training s | meta-steps | test accuracy |\n|---|---|---|")
+    print(f"| training s | meta-steps | test {workload.metric} |\n|---|---|---|")
     for r in rows:
-        print(f"| {r['seconds']:.0f} | {r['step']} | {100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f}% |")
-    print(f"\nFinal: {100 * final['mean']:.2f} +- {100 * final['ci95']:.2f}% over {final['tasks']} test tasks "
+        print(f"| {r['seconds']:.0f} | {r['step']} | {show(r['mean'], r['ci95'])} |")
+    print(f"\nFinal: {show(final['mean'], final['ci95'])} over {final['tasks']} test tasks "
           f"after {done} meta-steps and {trained:.0f} s of training.")
     if args.json:
         with open(args.json, "w") as f:
