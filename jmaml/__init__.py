@@ -5,7 +5,7 @@ The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (``mam
 """
 
 from jmaml import losses
-from jmaml.algorithms import anil, fomaml, from_config, imaml, maml, maml_pp, meta_sgd, pretrain, reptile
+from jmaml.algorithms import anil, fomaml, imaml, maml, maml_pp, meta_sgd, pretrain, reptile
 from jmaml.core.implicit import cg_solve
 from jmaml.core.inner import (InnerRule, apply_step, from_optax, frozen, learned_sgd, per_step_sgd,
                               per_step_values, proximal, sgd)
@@ -22,6 +22,6 @@ __all__ = [
     "BatchStatNorm", "Conv4", "InnerRule", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
     "check_tasks", "fomaml", "frozen", "functional", "init_state", "learned_sgd", "losses", "maml",
     "make_train_step", "meta_gradient", "per_step_sgd", "pretrain", "scan_steps", "sgd",
-    "anil", "apply_step", "cg_solve", "from_config", "from_optax", "imaml", "maml_pp", "meta_lr_schedule",
+    "anil", "apply_step", "cg_solve", "from_optax", "imaml", "maml_pp", "meta_lr_schedule",
     "meta_optimizer", "meta_sgd", "msl_weights", "per_step_values", "proximal", "reptile",
 ]

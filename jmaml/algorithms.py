@@ -254,36 +254,3 @@ def pretrain(apply_fn: ApplyFn, loss_fn: LossFn, *, inner_lr: float, inner_steps
     """
     return _learner(apply_fn, loss_fn, inner.sgd(inner_lr), inner_steps, objectives.joint_loss, metrics,
                     unroll=unroll)
-
-
-def from_config(cfg: Any, apply_fn: ApplyFn, loss_fn: LossFn,
-                metrics: Mapping[str, MetricFn] | None = None) -> MetaLearner:
-    """The meta-learner ``cfg.algorithm`` names, built from a :class:`jmaml.configs.Config`.
-
-    Reads ``algorithm``, ``inner_lr``, ``inner_steps`` and, per algorithm: ``first_order``
-    (maml, meta_sgd, anil, maml_pp), ``head`` (anil), ``msl_anneal_steps`` and
-    ``first_order_steps`` (maml_pp, per-step weights for the ``NORM_LEAVES`` leaves),
-    ``reptile_optimizer`` and ``reptile_batch`` (reptile), ``proximal_lambda`` and ``cg_steps``
-    (imaml).
-
-    Raises:
-      JmamlError: ``cfg.algorithm`` is not one of ``configs.ALGORITHM_NAMES``.
-    """
-    common = dict(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, metrics=metrics)
-    builders = {
-        "maml": lambda: maml(apply_fn, loss_fn, first_order=cfg.first_order, **common),
-        "fomaml": lambda: fomaml(apply_fn, loss_fn, **common),
-        "meta_sgd": lambda: meta_sgd(apply_fn, loss_fn, first_order=cfg.first_order, **common),
-        "anil": lambda: anil(apply_fn, loss_fn, head=cfg.head, first_order=cfg.first_order, **common),
-        "maml_pp": lambda: maml_pp(apply_fn, loss_fn, msl_anneal_steps=cfg.msl_anneal_steps,
-                                   first_order_steps=cfg.first_order_steps, first_order=cfg.first_order,
-                                   **common),
-        "reptile": lambda: reptile(apply_fn, loss_fn, inner_optimizer=cfg.reptile_optimizer,
-                                   inner_batch=cfg.reptile_batch, **common),
-        "imaml": lambda: imaml(apply_fn, loss_fn, proximal_lambda=cfg.proximal_lambda,
-                               cg_steps=cfg.cg_steps, **common),
-        "pretrain": lambda: pretrain(apply_fn, loss_fn, **common),
-    }
-    if cfg.algorithm not in builders:
-        raise JmamlError(f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(builders)}")
-    return builders[cfg.algorithm]()

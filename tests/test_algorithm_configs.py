@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from jmaml.configs import ALGORITHM_NAMES, get_config
+from jmaml.experiment.configs import ALGORITHM_NAMES, get_config
 from jmaml.core.step import make_train_step, scan_steps
-from jmaml.train import build, train
-from jmaml.workloads import image_workload
+from jmaml.experiment.train import build, train
+from jmaml.experiment.workloads import image_workload
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)

@@ -7,13 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from jmaml import cli
+from jmaml.experiment import cli
 
 
 @pytest.fixture
 def no_compile(monkeypatch):
     """Makes any jax.jit call fail, proving that an error came before compilation."""
-    import jmaml.train  # noqa: F401  (modules that jit at import time are loaded first)
+    import jmaml.experiment.train  # noqa: F401  (modules that jit at import time are loaded first)
 
     def refuse(*args, **kwargs):
         raise AssertionError("jax.jit was called before the input was validated")
@@ -86,7 +86,7 @@ def test_train_then_eval_sinusoid(capsys, tmp_path):
 
 
 def test_config_roundtrip():
-    from jmaml.configs import CONFIGS, Config
+    from jmaml.experiment.configs import CONFIGS, Config
 
     for cfg in CONFIGS.values():
         assert Config.from_json(cfg.to_json()) == cfg

@@ -8,7 +8,8 @@ import pytest
 from family_helpers import mlp_apply, mlp_init, mse, normal, random_tasks, uniform
 
 import jmaml
-from jmaml import configs
+from jmaml.experiment import configs
+from jmaml.experiment.train import learner_from_config
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +63,7 @@ def test_from_config_builds_every_algorithm_from_its_fields():
         cfg = configs.Config(algorithm=name, inner_lr=0.2, inner_steps=2, msl_anneal_steps=3,
                              first_order_steps=1, reptile_batch=2, reptile_optimizer="adam",
                              proximal_lambda=0.5, cg_steps=3)
-        built[name] = jmaml.from_config(cfg, mlp_apply, mse, {"mae": mse})
+        built[name] = learner_from_config(cfg, mlp_apply, mse, {"mae": mse})
         assert built[name].inner_steps == 2 and set(built[name].metrics) == {"mae"}
     params = mlp_init(0)
     assert built["maml"].first_order is False and built["fomaml"].first_order is True
@@ -72,11 +73,11 @@ def test_from_config_builds_every_algorithm_from_its_fields():
     assert built["imaml"].objective.__qualname__.startswith("implicit_loss")
     assert built["pretrain"].objective is jmaml.core.objectives.joint_loss
     with pytest.raises(jmaml.JmamlError, match="head 'head' selects no parameter"):
-        jmaml.from_config(configs.Config(algorithm="anil"), mlp_apply, mse).init({"body": params["body"]})
+        learner_from_config(configs.Config(algorithm="anil"), mlp_apply, mse).init({"body": params["body"]})
 
 
 def test_from_config_rejects_unknown_algorithm():
     cfg = configs.Config()
     object.__setattr__(cfg, "algorithm", "mamlx")  # past Config's own validation
     with pytest.raises(jmaml.JmamlError, match=r"unknown algorithm 'mamlx'; choose one of: maml, fomaml, "):
-        jmaml.from_config(cfg, mlp_apply, mse)
+        learner_from_config(cfg, mlp_apply, mse)

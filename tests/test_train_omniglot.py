@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from jmaml.configs import get_config
+from jmaml.experiment.configs import get_config
 from jmaml.errors import JmamlError
-from jmaml.train import train
+from jmaml.experiment.train import train
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_episode_that_the_data_cannot_fill(tmp_path, omniglot_dir, cache, overri
 
 
 def test_missing_data_directory(capsys, tmp_path, cache):
-    from jmaml import cli
+    from jmaml.experiment import cli
 
     code = cli.main(["train", "omniglot-5w1s", "--no-download", "--data-dir", str(tmp_path / "nowhere"),
                      "--out", str(tmp_path / "run"), "--steps", "1", "--set", "filters=4"])

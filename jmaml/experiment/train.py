@@ -6,18 +6,54 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Mapping
 
 import jax
 import numpy as np
 import optax
 
-from jmaml import checkpoint, run_dir
+from jmaml import algorithms
 from jmaml.core import schedules
-from jmaml.algorithms import from_config
-from jmaml.configs import Config, validate
+from jmaml.core.learner import ApplyFn, LossFn, MetaLearner, MetricFn
 from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
+from jmaml.errors import JmamlError
 from jmaml.evaluation import meta_test
-from jmaml.workloads import Workload, eval_batch, make_workload
+from jmaml.experiment import checkpoint, runs
+from jmaml.experiment.configs import Config, validate
+from jmaml.experiment.workloads import Workload, eval_batch, make_workload
+
+
+def learner_from_config(cfg: Config, apply_fn: ApplyFn, loss_fn: LossFn,
+                        metrics: Mapping[str, MetricFn] | None = None) -> MetaLearner:
+    """The meta-learner ``cfg.algorithm`` names, built from a :class:`~jmaml.experiment.configs.Config`.
+
+    Reads ``algorithm``, ``inner_lr``, ``inner_steps`` and, per algorithm: ``first_order``
+    (maml, meta_sgd, anil, maml_pp), ``head`` (anil), ``msl_anneal_steps`` and
+    ``first_order_steps`` (maml_pp, per-step weights for the ``NORM_LEAVES`` leaves),
+    ``reptile_optimizer`` and ``reptile_batch`` (reptile), ``proximal_lambda`` and ``cg_steps``
+    (imaml).
+
+    Raises:
+      JmamlError: ``cfg.algorithm`` is not one of ``configs.ALGORITHM_NAMES``.
+    """
+    common = dict(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, metrics=metrics)
+    builders = {
+        "maml": lambda: algorithms.maml(apply_fn, loss_fn, first_order=cfg.first_order, **common),
+        "fomaml": lambda: algorithms.fomaml(apply_fn, loss_fn, **common),
+        "meta_sgd": lambda: algorithms.meta_sgd(apply_fn, loss_fn, first_order=cfg.first_order, **common),
+        "anil": lambda: algorithms.anil(apply_fn, loss_fn, head=cfg.head, first_order=cfg.first_order, **common),
+        "maml_pp": lambda: algorithms.maml_pp(apply_fn, loss_fn, msl_anneal_steps=cfg.msl_anneal_steps,
+                                   first_order_steps=cfg.first_order_steps, first_order=cfg.first_order,
+                                   **common),
+        "reptile": lambda: algorithms.reptile(apply_fn, loss_fn, inner_optimizer=cfg.reptile_optimizer,
+                                   inner_batch=cfg.reptile_batch, **common),
+        "imaml": lambda: algorithms.imaml(apply_fn, loss_fn, proximal_lambda=cfg.proximal_lambda,
+                               cg_steps=cfg.cg_steps, **common),
+        "pretrain": lambda: algorithms.pretrain(apply_fn, loss_fn, **common),
+    }
+    if cfg.algorithm not in builders:
+        raise JmamlError(f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(builders)}")
+    return builders[cfg.algorithm]()
 
 
 def meta_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -33,7 +69,7 @@ def keys(cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def build(cfg: Config, workload: Workload):
     """The learner, the meta-optimizer and the initial train state of ``cfg``."""
-    learner = from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
+    learner = learner_from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
     if cfg.remat:
         learner = dataclasses.replace(learner, remat=True)
     optimizer = meta_optimizer(cfg)
@@ -73,17 +109,17 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
     Everything that can be wrong with the input (config, output folder, data) is checked
     before the first compilation.
     """
-    out = run_dir.create(out)
+    out = runs.create(out)
     workload = make_workload(cfg)
     learner, optimizer, state = build(cfg, workload)
-    with open(os.path.join(out, run_dir.CONFIG), "w") as f:
+    with open(os.path.join(out, runs.CONFIG), "w") as f:
         f.write(cfg.to_json())
 
-    log = run_dir.MetricsLog(out)
+    log = runs.MetricsLog(out)
     bar = _progress(cfg.steps, progress)
     start = time.perf_counter()
     done = saved = 0
-    checkpoints = os.path.join(out, run_dir.CHECKPOINTS)
+    checkpoints = os.path.join(out, runs.CHECKPOINTS)
     compiled = {}  # (phase learner, chunk length) -> jitted chunk; at most a few in a run
     try:
         while done < cfg.steps:
@@ -111,18 +147,18 @@ def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
         checkpoint.save(checkpoints, done, state)
     result = evaluate_run(cfg, workload, learner, state.meta_params)
     result["train_seconds"] = time.perf_counter() - start
-    run_dir.write_json(os.path.join(out, run_dir.EVAL), result)
+    runs.write_json(os.path.join(out, runs.EVAL), result)
     return result
 
 
 def evaluate(path: str, overrides: dict | None = None) -> dict:
     """Repeats the meta-test of the run in ``path`` from its saved parameters."""
-    cfg = run_dir.load_config(path)
+    cfg = runs.load_config(path)
     if overrides:
         cfg = validate(dataclasses.replace(cfg, **overrides))
     workload = make_workload(cfg)
     learner, _, like = build(cfg, workload)
-    state: TrainState = checkpoint.restore(os.path.join(path, run_dir.CHECKPOINTS), like)
+    state: TrainState = checkpoint.restore(os.path.join(path, runs.CHECKPOINTS), like)
     result = evaluate_run(cfg, workload, learner, state.meta_params)
-    run_dir.write_json(os.path.join(path, run_dir.EVAL), result)
+    runs.write_json(os.path.join(path, runs.EVAL), result)
     return result

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jmaml import losses
-from jmaml.configs import Config
+from jmaml.experiment.configs import Config
 from jmaml.core.learner import ApplyFn, LossFn, MetricFn
 from jmaml.core.types import Params, PyTree, Tasks
 from jmaml.data import episodes, sinusoid

@@ -11,7 +11,7 @@ from jmaml.errors import JmamlError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jmaml.configs import CONFIGS
+    from jmaml.experiment.configs import CONFIGS
 
     parser = argparse.ArgumentParser(prog="jmaml", description="MAML-family meta-learning in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from jmaml.configs import get_config, parse_overrides
-    from jmaml.train import format_eval, train
+    from jmaml.experiment.configs import get_config, parse_overrides
+    from jmaml.experiment.train import format_eval, train
 
     overrides = parse_overrides(args.set)
     for key in ("steps", "seed", "data_dir"):
@@ -56,7 +56,7 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
-    from jmaml.train import evaluate, format_eval
+    from jmaml.experiment.train import evaluate, format_eval
 
     overrides = {}
     if args.tasks is not None:

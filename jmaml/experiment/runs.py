@@ -7,7 +7,7 @@ import os
 import tempfile
 from typing import Any
 
-from jmaml.configs import Config
+from jmaml.experiment.configs import Config
 from jmaml.data.paths import atomic_write
 from jmaml.errors import JmamlError
 
