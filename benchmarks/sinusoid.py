@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from jmaml.bench.environment import describe
-from jmaml.configs import get_config
-from jmaml.train import train
+from jmaml.experiment.configs import get_config
+from jmaml.experiment.train import train
 
 PAPER = {  # Li et al. 2017, Table 1: MSE after one step, 40-40 MLP
     ("maml", 5): "1.13 +- 0.18", ("maml", 10): "0.85 +- 0.14", ("maml", 20): "0.71 +- 0.12",

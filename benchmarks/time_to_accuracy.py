@@ -19,10 +19,10 @@ import time
 import jax
 
 from jmaml.bench.environment import describe
-from jmaml.configs import get_config, parse_overrides
+from jmaml.experiment.configs import get_config, parse_overrides
 from jmaml.core.step import make_train_step, scan_steps
-from jmaml.train import build, evaluate_run
-from jmaml.workloads import make_workload
+from jmaml.experiment.train import build, evaluate_run
+from jmaml.experiment.workloads import make_workload
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The ``jmaml`` command: ``jmaml train | eval | bench``."""
+"""The ``jmaml`` command: ``jmaml train | eval``."""
 
 from __future__ import annotations
 
@@ -27,9 +27,6 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set inner_lr=0.1 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    sub.add_parser("bench", add_help=False,
-                   help="time jmaml against plain JAX and the PyTorch peers (jmaml bench --help)")
 
     evaluate = sub.add_parser("eval", help="meta-test a trained run again from its checkpoint")
     evaluate.add_argument("run_dir")
@@ -70,10 +67,6 @@ def _eval(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jmaml`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # the benchmark has its own options
-        from jmaml.bench.runner import main as bench_main
-
-        return bench_main(argv[1:], prog="jmaml bench")
     args = _parser().parse_args(argv)
     try:
         {"train": _train, "eval": _eval}[args.command](args)
