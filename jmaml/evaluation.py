@@ -16,9 +16,10 @@ from jmaml.core.types import PyTree, Tasks
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     """Mean and half-width of its normal 95% confidence interval (1.96 standard errors)."""
     values = np.asarray(values, np.float64)
-    if values.size < 2:
-        return float(values.mean()), float("nan")
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged inner loop scores nan, reported as such
+        if values.size < 2:
+            return float(values.mean()), float("nan")
+        return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,4 +1,10 @@
-"""The ``jmaml`` command: ``jmaml train | eval``."""
+"""The ``jmaml`` command: ``jmaml train | resume | eval``.
+
+Exit status: 0 done; 1 the run failed after it started (divergence, a failed checkpoint
+write: the message says what is intact); 2 bad input (one ``error:`` line, nothing changed);
+3 stopped by SIGINT or SIGTERM after saving a checkpoint (continue with ``jmaml resume DIR``);
+130 interrupted before training started (nothing saved).
+"""
 
 from __future__ import annotations
 
@@ -9,70 +15,138 @@ import sys
 
 from jmaml.errors import JmamlError
 
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 1, 2, 3, 130
+
 
 def _parser() -> argparse.ArgumentParser:
     from jmaml.experiment.configs import CONFIGS
 
-    parser = argparse.ArgumentParser(prog="jmaml", description="MAML-family meta-learning in JAX.")
+    parser = argparse.ArgumentParser(prog="jmaml", description="MAML-family meta-learning in JAX.",
+                                     epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train a config, then meta-test it")
     train.add_argument("config", help=f"one of: {', '.join(CONFIGS)}")
     train.add_argument("--steps", type=int, help="meta-training steps (overrides the config)")
     train.add_argument("--out", help="run folder (default: runs/<config>-<time>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint (steps may grow)")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--data-dir", help="data folder (default: $JMAML_DATA_DIR or the user cache)")
     train.add_argument("--no-download", action="store_true",
                        help="never download data; fail if it is not in the data folder")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set inner_lr=0.1 (repeatable)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress", action="store_true", help="no progress output")
 
-    evaluate = sub.add_parser("eval", help="meta-test a trained run again from its checkpoint")
+    resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume.add_argument("run_dir")
+    resume.add_argument("--steps", type=int, help="train to this many steps in all (default: the run's)")
+    resume.add_argument("--data-dir", help="data folder, if it moved since training")
+    resume.add_argument("--no-progress", action="store_true", help="no progress output")
+
+    evaluate = sub.add_parser("eval", help="meta-test a trained run again from its latest checkpoint")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's)")
     evaluate.add_argument("--data-dir", help="data folder, if it moved since training")
     return parser
 
 
+def format_eval(result: dict) -> str:
+    """The meta-test as printed lines: the headline and the score after each inner step."""
+    unit = "%" if result["metric"] == "accuracy" else ""
+    scale = 100.0 if unit else 1.0
+
+    def number(value):
+        return "nan" if value is None else f"{value * scale:.4f}{unit}"
+
+    lines = [f"meta-test over {result['tasks']} tasks, {result['metric']} after {result['test_steps']} "
+             f"inner steps: {number(result['mean'])} +- {number(result['ci95'])} (95%)"]
+    for k, (m, c) in enumerate(zip(result["per_step"], result["per_step_ci95"])):
+        lines.append(f"  after {k:2d} steps: {number(m)} +- {number(c)}")
+    return "\n".join(lines)
+
+
 def _train(args) -> None:
     from jmaml.experiment.configs import get_config, parse_overrides
-    from jmaml.experiment.train import format_eval, train
+    from jmaml.experiment.train import train
 
     overrides = parse_overrides(args.set)
-    for key in ("steps", "seed", "data_dir"):
+    for key in ("steps", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.data_dir is not None:
+        overrides["data_dir"] = os.path.abspath(args.data_dir)
     if args.no_download:
         overrides["download"] = False
     cfg = get_config(args.config, overrides)
+    if args.resume and not args.out:
+        raise JmamlError("--resume needs the run folder: pass --out DIR (or use `jmaml resume DIR`)")
     out = args.out or os.path.join("runs", f"{args.config}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    result = train(cfg, out, progress=not args.no_progress)
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
     print(format_eval(result))
     print(f"run saved in {os.path.abspath(out)}")
 
 
+def _resume(args) -> None:
+    import dataclasses
+
+    from jmaml.experiment.configs import validate
+    from jmaml.experiment.runs import load_config
+    from jmaml.experiment.train import train
+
+    cfg = load_config(args.run_dir)
+    overrides = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.data_dir is not None:
+        overrides["data_dir"] = os.path.abspath(args.data_dir)
+    cfg = validate(dataclasses.replace(cfg, **overrides))
+    result = train(cfg, args.run_dir, resume=True, progress=not args.no_progress)
+    print(format_eval(result))
+    print(f"run saved in {os.path.abspath(args.run_dir)}")
+
+
 def _eval(args) -> None:
-    from jmaml.experiment.train import evaluate, format_eval
+    from jmaml.experiment import runs
+    from jmaml.experiment.train import evaluate
 
     overrides = {}
     if args.tasks is not None:
         overrides["eval_tasks"] = args.tasks
     if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
+        overrides["data_dir"] = os.path.abspath(args.data_dir)
     result = evaluate(args.run_dir, overrides)
+    print(f"checkpoint step {result['checkpoint_step']} of {os.path.abspath(args.run_dir)}")
     print(format_eval(result))
+    path = os.path.join(args.run_dir, runs.eval_file(result["checkpoint_step"], result["tasks"]))
+    try:
+        runs.write_json(path, result)
+    except OSError as err:
+        raise JmamlError(f"could not write {path}: {err.strerror}; the result above is complete") from None
+    print(f"written to {os.path.abspath(path)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jmaml`` console script; returns the exit status."""
+    from jmaml.experiment.train import RunFailed, Stopped
+
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval}[args.command](args)
+        {"train": _train, "resume": _resume, "eval": _eval}[args.command](args)
     except JmamlError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Stopped as err:
+        print(err, file=sys.stderr)
+        return EXIT_STOPPED
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any
 
+from jmaml.core.schedules import SCHEDULES
 from jmaml.errors import JmamlError
+from jmaml.models.conv import ConvImpl
 
 ALGORITHM_NAMES = ("maml", "fomaml", "meta_sgd", "anil", "maml_pp", "reptile", "imaml", "pretrain")
-DATASETS = ("sinusoid", "omniglot", "mini_imagenet")
+# Each dataset and the keys that only it reads; every other key applies to every dataset.
+DATASETS: dict[str, tuple[str, ...]] = {
+    "sinusoid": ("hidden", "eval_queries"),
+    "omniglot": ("filters", "conv", "image_size", "data_dir", "download", "data_seed"),
+    "mini_imagenet": ("filters", "conv", "data_dir"),
+}
+# Keys a resumed run may change: they leave the training trajectory as it was.
+RESUMABLE_KEYS = ("steps", "eval_tasks", "eval_batch", "eval_max_steps", "eval_queries", "test_inner_steps",
+                  "checkpoint_every", "checkpoint_minutes", "data_dir", "download")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +66,8 @@ class Config:
     # bookkeeping
     seed: int = 0
     log_every: int = 100
-    checkpoint_every: int = 0
+    checkpoint_every: int = 5000
+    checkpoint_minutes: float = 10.0
     data_dir: str = ""
     download: bool = True
     data_seed: int = 0
@@ -147,7 +159,36 @@ def get_config(name: str, overrides: dict[str, Any] | None = None) -> Config:
     """The named config with ``overrides`` applied, validated."""
     if name not in CONFIGS:
         raise JmamlError(f"unknown config {name!r}; choose one of: {', '.join(CONFIGS)}")
-    return validate(dataclasses.replace(CONFIGS[name], **(overrides or {})))
+    cfg = validate(dataclasses.replace(CONFIGS[name], **(overrides or {})))
+    check_applicable(cfg, overrides or {})
+    return cfg
+
+
+def algorithm_keys(algorithm: str) -> tuple[str, ...]:
+    """The config keys that only ``algorithm`` reads (its factory's own options)."""
+    return _ALGORITHM_KEYS[algorithm]
+
+
+_ALGORITHM_KEYS = {
+    "maml": ("first_order",), "fomaml": (), "meta_sgd": ("first_order",), "anil": ("head", "first_order"),
+    "maml_pp": ("msl_anneal_steps", "first_order_steps", "first_order"),
+    "reptile": ("reptile_optimizer", "reptile_batch"), "imaml": ("proximal_lambda", "cg_steps"), "pretrain": (),
+}
+
+
+def check_applicable(cfg: Config, keys: typing.Iterable[str]) -> None:
+    """Raises one JmamlError for a key set by the user that ``cfg``'s dataset or algorithm ignores."""
+    for key in keys:
+        owners = [name for name, own in DATASETS.items() if key in own]
+        if owners and cfg.dataset not in owners:
+            raise JmamlError(f"{key} has no effect on {cfg.dataset} data (it applies to {', '.join(owners)}); "
+                             f"the dataset keys that apply to {cfg.dataset} are: "
+                             f"{', '.join(DATASETS[cfg.dataset]) or 'none'}")
+        owners = [name for name in ALGORITHM_NAMES if key in algorithm_keys(name)]
+        if owners and key not in algorithm_keys(cfg.algorithm):
+            raise JmamlError(f"{key} has no effect with algorithm={cfg.algorithm} (it applies to "
+                             f"{', '.join(owners)}); the algorithm keys that apply to {cfg.algorithm} are: "
+                             f"{', '.join(algorithm_keys(cfg.algorithm)) or 'none'}")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -169,16 +210,20 @@ def validate(cfg: Config) -> Config:
     for key in ("inner_lr", "meta_lr", "proximal_lambda"):
         value = getattr(cfg, key)
         _require(isinstance(value, (int, float)) and value > 0, f"{key} must be positive, got {value!r}")
+        _require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
+    _require(isinstance(cfg.checkpoint_minutes, (int, float)) and 0 <= cfg.checkpoint_minutes < math.inf,
+             f"checkpoint_minutes must be a non-negative number (0: no time-based checkpoints), "
+             f"got {cfg.checkpoint_minutes!r}")
     for key in ("filters", "data_seed", "checkpoint_every", "msl_anneal_steps",
                 "first_order_steps", "reptile_batch", "eval_max_steps"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
     _require(cfg.eval_max_steps >= cfg.test_inner_steps,
              f"eval_max_steps ({cfg.eval_max_steps}) must be at least test_inner_steps ({cfg.test_inner_steps})")
-    _require(cfg.lr_schedule in ("constant", "cosine"),
-             f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    _require(cfg.conv in ("auto", "xla", "im2col"),
-             f"conv must be 'auto', 'xla' or 'im2col', got {cfg.conv!r}")
+    _require(cfg.lr_schedule in SCHEDULES,
+             f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}")
+    convs = typing.get_args(ConvImpl)
+    _require(cfg.conv in convs, f"conv must be one of {', '.join(convs)}, got {cfg.conv!r}")
     _require(cfg.reptile_optimizer in ("sgd", "adam"),
              f"reptile_optimizer must be 'sgd' or 'adam', got {cfg.reptile_optimizer!r}")
     _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),

@@ -1,44 +1,130 @@
-"""The run folder: config.json, metrics.jsonl, TensorBoard events, checkpoints, eval.json."""
+"""The run folder: one run per folder, its files, and JSON that strict parsers accept.
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
+TensorBoard events in ``tb/``, orbax checkpoints in ``checkpoints/``, ``data.json`` (what was
+loaded), ``eval.json`` (the meta-test at the end of training) and ``eval-step<N>-<tasks>.json``
+(each later ``jmaml eval``). A run holds an exclusive lock on ``.lock`` while it trains.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
+import shutil
 import tempfile
 from typing import Any
 
-from jmaml.experiment.configs import Config
 from jmaml.data.paths import atomic_write
 from jmaml.errors import JmamlError
+from jmaml.experiment.configs import Config
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
+DATA = "data.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
+LOCK = ".lock"
 
 
-def create(path: str) -> str:
-    """Makes ``path`` a new, writable run folder; refuses one that already holds a run."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, CONFIG)):
-        raise JmamlError(f"{path} already holds a run (config.json exists): pass another --out, "
-                         "or delete that folder first")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise JmamlError(f"cannot write to output directory {path}: {err.strerror}; "
-                         "pass a writable --out") from None
-    return path
+def eval_file(step: int, tasks: int) -> str:
+    """The file name of a ``jmaml eval`` of checkpoint ``step`` on ``tasks`` tasks."""
+    return f"eval-step{step}-{tasks}.json"
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON atomically (:func:`jmaml.data.paths.atomic_write`)."""
+class RunFolder:
+    """A run folder claimed by this process: created if needed and exclusively locked.
+
+    Attributes:
+      path: the absolute folder.
+      created: this process created the folder (so :meth:`discard` may remove it).
+    """
+
+    def __init__(self, path: str, *, resume: bool = False):
+        self.path = os.path.abspath(path)
+        self.created = not os.path.exists(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+            self._lock = open(os.path.join(self.path, LOCK), "a")
+        except OSError as err:
+            raise JmamlError(f"cannot write to output directory {self.path}: {err.strerror}; "
+                             "pass a writable --out") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise JmamlError(f"{self.path} is in use by another jmaml run (it holds the lock on {LOCK}); "
+                             "wait for it to finish or pass another --out") from None
+        try:
+            self._check(resume)
+        except JmamlError:
+            self.release()
+            raise
+
+    def _check(self, resume: bool) -> None:
+        has = {name: os.path.exists(self.file(name)) for name in (CONFIG, METRICS, CHECKPOINTS)}
+        if resume:
+            if not has[CONFIG]:
+                raise JmamlError(f"{self.path} holds no run to resume (no {CONFIG}); start one with `jmaml train`")
+        elif has[CONFIG]:
+            raise JmamlError(f"{self.path} already holds a run ({CONFIG} exists): resume it with --resume, "
+                             "pass another --out, or delete that folder first")
+        elif has[METRICS] or has[CHECKPOINTS]:
+            raise JmamlError(f"{self.path} holds {METRICS if has[METRICS] else CHECKPOINTS} but no {CONFIG}: "
+                             "it is the remains of another run; pass another --out or delete that folder first")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def release(self) -> None:
+        """Drops the lock."""
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def discard(self) -> None:
+        """Releases the folder and removes it if this process created it (a run that never started)."""
+        self.release()
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def json_safe(obj: Any) -> tuple[Any, list[str]]:
+    """``obj`` with every non-finite float replaced by None, and the dotted paths replaced.
+
+    Strict JSON has no NaN or Infinity; a reader finds them listed under ``"nonfinite"``.
+    """
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+            return None
+        return value
+
+    return walk(obj, ""), found
+
+
+def dumps(obj: dict[str, Any], **kwargs: Any) -> str:
+    """Strict JSON of a dict; non-finite floats become null and are listed under ``"nonfinite"``."""
+    clean, found = json_safe(obj)
+    if found:
+        clean["nonfinite"] = found
+    return json.dumps(clean, allow_nan=False, **kwargs)
+
+
+def write_json(path: str, obj: dict[str, Any]) -> None:
+    """Writes ``obj`` as strict JSON atomically (:func:`jmaml.data.paths.atomic_write`)."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(dumps(obj, indent=2) + "\n")
 
 
 def load_config(path: str) -> Config:
@@ -47,24 +133,60 @@ def load_config(path: str) -> Config:
     if not os.path.isfile(file):
         raise JmamlError(f"{path} is not a jmaml run folder (no {CONFIG}); give the --out of `jmaml train`")
     with open(file) as f:
-        return Config.from_json(f.read())
+        text = f.read()
+    try:
+        return Config.from_json(text)
+    except json.JSONDecodeError as err:
+        raise JmamlError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); fix or restore it") from None
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The complete lines of a run's ``metrics.jsonl`` (a torn last line is skipped)."""
+    rows = []
+    try:
+        with open(os.path.join(path, METRICS)) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Keeps the metrics lines up to ``step`` (the checkpoint a run resumes from), each once."""
+    rows = [row for row in read_metrics(path) if row.get("step", 0) <= step]
+    with atomic_write(os.path.join(path, METRICS), "w") as f:
+        f.writelines(dumps(row) + "\n" for row in rows)
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard."""
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard.
 
-    def __init__(self, path: str):
+    Each line goes out in one ``write`` on an append-only descriptor, so a line is whole or
+    absent as far as the file system allows; a torn line from a full disk is skipped on read.
+
+    Args:
+      path: the run folder.
+      purge_step: on resume, the first step after the checkpoint; TensorBoard hides events of
+        the interrupted run from that step on.
+    """
+
+    def __init__(self, path: str, purge_step: int | None = None):
         from tensorboardX import SummaryWriter
 
-        self._file = open(os.path.join(path, METRICS), "a")
-        self._tb = SummaryWriter(os.path.join(path, TENSORBOARD))
+        self._fd = os.open(os.path.join(path, METRICS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._tb = SummaryWriter(os.path.join(path, TENSORBOARD), purge_step=purge_step)
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        self._file.write(json.dumps({"step": step, **values}) + "\n")
-        self._file.flush()
+        os.write(self._fd, (dumps({"step": step, **values}) + "\n").encode())
         for name, value in values.items():
-            self._tb.add_scalar(name, value, step)
+            if math.isfinite(value):  # a diverged step is in metrics.jsonl as null
+                self._tb.add_scalar(name, value, step)
+        self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         self._tb.close()

@@ -1,164 +1,247 @@
-"""The host loop: build, meta-train with progress and logs, checkpoint, meta-test."""
+"""``jmaml train`` and ``jmaml eval`` as functions: a run folder from a config, and its meta-test.
+
+:func:`train` claims the run folder, loads and checks the data, compiles the first chunk and
+checks that it fits the device, then meta-trains through the one host loop
+(:mod:`jmaml.experiment.loop`) with hooks that log, checkpoint and report progress. SIGINT and
+SIGTERM stop it at the next chunk boundary with a checkpoint (:class:`Stopped`); a non-finite
+loss stops it without one (:class:`RunFailed`); ``resume=True`` continues from the latest
+checkpoint exactly as the uninterrupted run would have.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
-from typing import Mapping
+from typing import Any, Iterator
 
-import jax
 import numpy as np
-import optax
 
-from jmaml import algorithms
-from jmaml.core import schedules
-from jmaml.core.learner import ApplyFn, LossFn, MetaLearner, MetricFn
-from jmaml.core.step import TrainState, init_state, make_train_step, scan_steps
 from jmaml.errors import JmamlError
 from jmaml.evaluation import meta_test
-from jmaml.experiment import checkpoint, runs
-from jmaml.experiment.configs import Config, validate
+from jmaml.experiment import checkpoint, memory, runs
+from jmaml.experiment.build import build, keys
+from jmaml.experiment.configs import RESUMABLE_KEYS, Config, validate
+from jmaml.experiment.loop import Clock, Diverged, Trainer
 from jmaml.experiment.workloads import Workload, eval_batch, make_workload
 
 
-def learner_from_config(cfg: Config, apply_fn: ApplyFn, loss_fn: LossFn,
-                        metrics: Mapping[str, MetricFn] | None = None) -> MetaLearner:
-    """The meta-learner ``cfg.algorithm`` names, built from a :class:`~jmaml.experiment.configs.Config`.
+class RunFailed(Exception):
+    """The run started but could not go on (divergence, a failed checkpoint write); the message
+    says what failed and what is intact."""
 
-    Reads ``algorithm``, ``inner_lr``, ``inner_steps`` and, per algorithm: ``first_order``
-    (maml, meta_sgd, anil, maml_pp), ``head`` (anil), ``msl_anneal_steps`` and
-    ``first_order_steps`` (maml_pp, per-step weights for the ``NORM_LEAVES`` leaves),
-    ``reptile_optimizer`` and ``reptile_batch`` (reptile), ``proximal_lambda`` and ``cg_steps``
-    (imaml).
 
-    Raises:
-      JmamlError: ``cfg.algorithm`` is not one of ``configs.ALGORITHM_NAMES``.
+class Stopped(Exception):
+    """A signal stopped training at a chunk boundary after a checkpoint was saved.
+
+    Attributes:
+      signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+      step: the step saved.
+      path: the run folder.
     """
-    common = dict(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, metrics=metrics)
-    builders = {
-        "maml": lambda: algorithms.maml(apply_fn, loss_fn, first_order=cfg.first_order, **common),
-        "fomaml": lambda: algorithms.fomaml(apply_fn, loss_fn, **common),
-        "meta_sgd": lambda: algorithms.meta_sgd(apply_fn, loss_fn, first_order=cfg.first_order, **common),
-        "anil": lambda: algorithms.anil(apply_fn, loss_fn, head=cfg.head, first_order=cfg.first_order, **common),
-        "maml_pp": lambda: algorithms.maml_pp(apply_fn, loss_fn, msl_anneal_steps=cfg.msl_anneal_steps,
-                                   first_order_steps=cfg.first_order_steps, first_order=cfg.first_order,
-                                   **common),
-        "reptile": lambda: algorithms.reptile(apply_fn, loss_fn, inner_optimizer=cfg.reptile_optimizer,
-                                   inner_batch=cfg.reptile_batch, **common),
-        "imaml": lambda: algorithms.imaml(apply_fn, loss_fn, proximal_lambda=cfg.proximal_lambda,
-                               cg_steps=cfg.cg_steps, **common),
-        "pretrain": lambda: algorithms.pretrain(apply_fn, loss_fn, **common),
-    }
-    if cfg.algorithm not in builders:
-        raise JmamlError(f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(builders)}")
-    return builders[cfg.algorithm]()
+
+    def __init__(self, signal_name: str, step: int, path: str):
+        super().__init__(f"stopped by {signal_name} at step {step}: checkpoint saved in {path}; "
+                         f"continue with `jmaml resume {path}`")
+        self.signal_name, self.step, self.path = signal_name, step, path
 
 
-def meta_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """Adam on the meta-parameters, with a constant or cosine-annealed learning rate."""
-    return schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule)
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[str]]:
+    """SIGINT and SIGTERM ask the loop to stop at its next chunk boundary (a second SIGINT
+    interrupts at once). Yields the list the caught signal's name is appended to.
+
+    Single-process only: in a ``jax.distributed`` run a Python SIGTERM handler would replace
+    JAX's preemption notifier (``SCALEOUT.md``, trap 4).
+    """
+    caught: list[str] = []
+
+    def handler(signum, frame):
+        if caught and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        caught.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-def keys(cfg: Config) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Independent PRNG keys for the model's init, meta-training and meta-test tasks."""
-    init_key, train_key, test_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
-    return init_key, train_key, test_key
+class Progress:
+    """A progress bar on a terminal or in a notebook (``tqdm.auto``), one plain line per log
+    interval in a batch log, nothing when disabled."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+        self.total, self.lines, self.bar = total, enabled and not interactive, None
+        if enabled and interactive:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            mininterval=0.5)
+
+    def update(self, step: int, values: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(meta_loss=f"{values['meta_loss']:.4f}")
+        elif self.lines:
+            print(f"step {step}/{self.total}  meta_loss {values['meta_loss']:.4f}  "
+                  f"{values['steps_per_second']:.1f} steps/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def build(cfg: Config, workload: Workload):
-    """The learner, the meta-optimizer and the initial train state of ``cfg``."""
-    learner = learner_from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
-    if cfg.remat:
-        learner = dataclasses.replace(learner, remat=True)
-    optimizer = meta_optimizer(cfg)
-    init_key, train_key, _ = keys(cfg)
-    state = init_state(learner, optimizer, workload.init(init_key), train_key)
-    return learner, optimizer, state
+def resume_config(saved: Config, requested: Config) -> Config:
+    """The config to resume with: ``requested``, if it differs from ``saved`` only in keys that
+    leave the trajectory as it was (``configs.RESUMABLE_KEYS``; ``steps`` unless the meta
+    learning rate follows a schedule over the steps)."""
+    allowed = set(RESUMABLE_KEYS) - ({"steps"} if saved.lr_schedule != "constant" else set())
+    for field in dataclasses.fields(Config):
+        old, new = getattr(saved, field.name), getattr(requested, field.name)
+        if old != new and field.name not in allowed:
+            raise JmamlError(f"--resume cannot change {field.name} (the run has {old!r}, this command "
+                             f"{new!r}): it would alter the trajectory; pass another --out for a new run")
+    return requested
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr,
-                mininterval=0.5)
-
-
-def evaluate_run(cfg: Config, workload: Workload, learner, meta_params) -> dict:
-    """The config's meta-test of ``meta_params``."""
+def meta_test_of(cfg: Config, workload: Workload, learner, meta_params) -> dict:
+    """The config's meta-test of ``meta_params``: mean +- 95% interval after 0..K inner steps."""
     return meta_test(learner, meta_params, workload.test_tasks, workload.test_data, key=keys(cfg)[2],
                      num_tasks=cfg.eval_tasks, batch=eval_batch(cfg),
                      max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric)
 
 
-def format_eval(result: dict) -> str:
-    """The meta-test as printed lines: the headline and the score after each inner step."""
-    unit = "%" if result["metric"] == "accuracy" else ""
-    scale = 100.0 if unit else 1.0
-    lines = [f"meta-test over {result['tasks']} tasks, {result['metric']} after {result['test_steps']} "
-             f"inner steps: {result['mean'] * scale:.4f}{unit} +- {result['ci95'] * scale:.4f}{unit} (95%)"]
-    for k, (m, c) in enumerate(zip(result["per_step"], result["per_step_ci95"])):
-        lines.append(f"  after {k:2d} steps: {m * scale:.4f}{unit} +- {c * scale:.4f}{unit}")
-    return "\n".join(lines)
+def _chunk_values(metrics: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(np.mean(v)) for k, v in metrics.items()}
 
 
-def train(cfg: Config, out: str, *, progress: bool = True) -> dict:
-    """Meta-trains ``cfg``, saves the state in ``out``, meta-tests it and returns the result.
+def _program_fits(trainer: Trainer, cfg: Config, start: int, template: Any) -> None:
+    phase, n = trainer.plan(start, cfg.steps)
+    memory.check_fits(memory.program_bytes(trainer.compiled(phase, n, template)), "the training program",
+                      f"it grows with meta_batch (now {cfg.meta_batch}) and the model size (hidden, filters); "
+                      f"set remat=true (now {str(cfg.remat).lower()}) or meta_chunks=N (now {cfg.meta_chunks}) "
+                      "to cut it, or lower meta_batch")
 
-    Everything that can be wrong with the input (config, output folder, data) is checked
-    before the first compilation.
+
+def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True) -> dict:
+    """Meta-trains ``cfg`` in the run folder ``out`` (or continues it), then meta-tests it.
+
+    Everything that can be wrong with the input (config, folder, data, memory) is checked
+    before the first step runs.
+
+    Returns:
+      The meta-test result, also written to ``eval.json``.
+
+    Raises:
+      JmamlError: bad input; nothing of an earlier run is changed, and a folder this call
+        created is removed.
+      Stopped: SIGINT or SIGTERM; a checkpoint of the step reached was saved.
+      RunFailed: divergence or a failed checkpoint write; the last good checkpoint stays.
     """
-    out = runs.create(out)
-    workload = make_workload(cfg)
-    learner, optimizer, state = build(cfg, workload)
-    with open(os.path.join(out, runs.CONFIG), "w") as f:
-        f.write(cfg.to_json())
-
-    log = runs.MetricsLog(out)
-    bar = _progress(cfg.steps, progress)
-    start = time.perf_counter()
-    done = saved = 0
-    checkpoints = os.path.join(out, runs.CHECKPOINTS)
-    compiled = {}  # (phase learner, chunk length) -> jitted chunk; at most a few in a run
+    folder = runs.RunFolder(out, resume=resume)
     try:
-        while done < cfg.steps:
-            phase = learner.at_step(done)  # derivative-order annealing switches learners once
-            n = min(cfg.log_every, cfg.steps - done)
-            if done < learner.first_order_steps:
-                n = min(n, learner.first_order_steps - done)
-            if (phase, n) not in compiled:
-                step = make_train_step(phase, optimizer, workload.train_tasks, chunks=cfg.meta_chunks)
-                compiled[phase, n] = jax.jit(scan_steps(step, n), donate_argnums=0)
-            state, metrics = compiled[phase, n](state, workload.train_data)
-            if cfg.checkpoint_every and (done + n) // cfg.checkpoint_every > done // cfg.checkpoint_every:
-                checkpoint.save(checkpoints, done + n, state)
-                saved = done + n
-            done += n
-            values = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - start
-            log.write(done, {**values, "seconds": elapsed, "steps_per_second": done / elapsed})
-            bar.update(n)
-            bar.set_postfix(meta_loss=f"{values['meta_loss']:.4f}")
+        if resume:
+            cfg = resume_config(runs.load_config(folder.path), cfg)
+        workload = make_workload(cfg)
+        setup = build(cfg, workload)
+        template = setup.template()
+        ckpt_dir = folder.file(runs.CHECKPOINTS)
+        start = 0
+        if resume:
+            start = checkpoint.latest_step(ckpt_dir)
+            if start is None:
+                raise JmamlError(f"{folder.path} holds no finished checkpoint to resume from; start a new run")
+        trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, workload.train_data,
+                          chunk=cfg.log_every, meta_chunks=cfg.meta_chunks)
+        if start < cfg.steps:
+            _program_fits(trainer, cfg, start, template)
+        state = checkpoint.restore(ckpt_dir, template, start)[0] if resume else setup.init()
+    except BaseException:
+        folder.release() if resume else folder.discard()
+        raise
+    try:
+        return _run(cfg, folder, workload, setup, trainer, state, start, progress)
+    finally:
+        folder.release()
+
+
+def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer: Trainer, state, start: int,
+         progress: bool) -> dict:
+    ckpt_dir = folder.file(runs.CHECKPOINTS)
+    if start:
+        runs.truncate_metrics(folder.path, start)
+    else:
+        runs.write_json(folder.file(runs.CONFIG), dataclasses.asdict(cfg))
+    previous = runs.read_metrics(folder.path)
+    clock = Clock(offset=previous[-1]["seconds"] if previous else 0.0)
+    log = runs.MetricsLog(folder.path, purge_step=start + 1 if start else None)
+    bar = Progress(cfg.steps, start, progress)
+    saved = {"step": start, "time": time.monotonic()}
+
+    def log_hook(step, state, metrics, clock):
+        seconds = clock.seconds()
+        values = {**_chunk_values(metrics), "seconds": seconds,
+                  "steps_per_second": (step - start) / max(seconds - clock_start, 1e-9)}
+        log.write(step, values)
+        bar.update(step, values)
+
+    def checkpoint_hook(step, state, metrics, clock):
+        by_steps = cfg.checkpoint_every and step // cfg.checkpoint_every > saved["step"] // cfg.checkpoint_every
+        by_time = cfg.checkpoint_minutes and time.monotonic() - saved["time"] >= 60 * cfg.checkpoint_minutes
+        if by_steps or by_time:
+            save(step, state)
+
+    def save(step, state):
+        checkpoint.save(ckpt_dir, step, state)
+        saved.update(step=step, time=time.monotonic())
+
+    clock_start = clock.seconds()
+    try:
+        with stop_signals() as caught:
+            try:
+                state = trainer.fit(state, cfg.steps, hooks=(log_hook, checkpoint_hook),
+                                    should_stop=lambda: bool(caught), clock=clock)
+            except Diverged as err:
+                log.write(err.step, _chunk_values(err.metrics))
+                last = checkpoint.latest_step(ckpt_dir)
+                kept = f"checkpoint {last} is the last good state" if last is not None else "no checkpoint was saved"
+                raise RunFailed(f"{err}; {kept}; lower inner_lr (now {cfg.inner_lr}) or meta_lr "
+                                f"(now {cfg.meta_lr})") from None
+            done = int(state.step)
+            if saved["step"] != done or not os.path.isdir(ckpt_dir):
+                save(done, state)
+            if caught:
+                raise Stopped(caught[0], done, folder.path)
+    except checkpoint.CheckpointError as err:
+        raise RunFailed(str(err)) from None
     finally:
         bar.close()
         log.close()
-    if saved != done:
-        checkpoint.save(checkpoints, done, state)
-    result = evaluate_run(cfg, workload, learner, state.meta_params)
-    result["train_seconds"] = time.perf_counter() - start
-    runs.write_json(os.path.join(out, runs.EVAL), result)
+    result = meta_test_of(cfg, workload, setup.learner, state.meta_params)
+    result["train_seconds"] = clock.seconds()
+    runs.write_json(folder.file(runs.EVAL), result)
     return result
 
 
 def evaluate(path: str, overrides: dict | None = None) -> dict:
-    """Repeats the meta-test of the run in ``path`` from its saved parameters."""
+    """The meta-test of the latest checkpoint of the run in ``path`` (nothing is written).
+
+    ``overrides`` may change the meta-test (``eval_tasks``) and where the data is
+    (``data_dir``). The result names the checkpoint step it scored (``"checkpoint_step"``).
+    """
     cfg = runs.load_config(path)
     if overrides:
         cfg = validate(dataclasses.replace(cfg, **overrides))
     workload = make_workload(cfg)
-    learner, _, like = build(cfg, workload)
-    state: TrainState = checkpoint.restore(os.path.join(path, runs.CHECKPOINTS), like)
-    result = evaluate_run(cfg, workload, learner, state.meta_params)
-    runs.write_json(os.path.join(path, runs.EVAL), result)
+    setup = build(cfg, workload)
+    state, step = checkpoint.restore(os.path.join(path, runs.CHECKPOINTS), setup.template())
+    result = meta_test_of(cfg, workload, setup.learner, state.meta_params)
+    result["checkpoint_step"] = step
     return result

@@ -1,0 +1,141 @@
+"""The one host loop of meta-training: compiled chunks of steps, hooks between them, a stop check.
+
+``jmaml train`` and the benchmarks drive training through :func:`fit`. It runs the jitted
+train step in chunks of ``chunk`` steps per dispatch (``scan_steps``), aligned to multiples of
+``chunk`` so that a resumed run executes exactly the programs of an uninterrupted one, switches
+learners once for derivative-order annealing (``learner.at_step``), stops with
+:class:`Diverged` on a non-finite meta-loss, meta-parameter or optimizer state, and after every chunk calls the
+hooks, which log, checkpoint or evaluate. A :class:`Clock` measures training time; a hook
+that evaluates can pause it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jmaml.core.learner import MetaLearner
+from jmaml.core.step import TrainState, make_train_step, scan_steps
+from jmaml.core.types import PyTree, Tasks
+
+
+class Clock:
+    """Seconds of training since the start, less the time spent in :meth:`paused` blocks."""
+
+    def __init__(self, offset: float = 0.0):
+        self._start = time.perf_counter() - offset
+        self._paused = 0.0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start - self._paused
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count as training time (e.g. an evaluation)."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - begin
+
+
+class Diverged(Exception):
+    """The meta-loss or the meta-parameters stopped being finite.
+
+    Attributes:
+      step: the first meta-step (1-based, as logged) whose meta-loss was not finite, or the
+        chunk's last step when only the parameters were.
+      metrics: the chunk's per-step metrics, for the log.
+    """
+
+    def __init__(self, step: int, metrics: dict[str, np.ndarray]):
+        super().__init__(f"training diverged at step {step}: the meta-loss or the meta-parameters are "
+                         "no longer finite")
+        self.step = step
+        self.metrics = metrics
+
+
+class Hook(Protocol):
+    """Called after every chunk with the step reached, the state, the chunk's metrics (one row per
+    step) and the training clock."""
+
+    def __call__(self, step: int, state: TrainState, metrics: dict[str, np.ndarray], clock: Clock) -> None:
+        ...
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    """Whether every floating leaf is finite (e.g. Adam's second moment overflows to inf while the
+    parameters still look fine)."""
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+class Trainer:
+    """Compiles and caches the chunk programs of one run.
+
+    Args:
+      learner: the meta-learner (``at_step`` picks the phase learner per step).
+      optimizer: the meta-optimizer.
+      sample_tasks: ``(key, data) -> Tasks``, sampled inside the step.
+      data: what ``sample_tasks`` draws from, an argument of every chunk (not baked in).
+      chunk: meta-steps per dispatch.
+      meta_chunks: split of the meta-batch for gradient accumulation.
+    """
+
+    def __init__(self, learner: MetaLearner, optimizer: optax.GradientTransformation,
+                 sample_tasks: Callable[[jax.Array, PyTree], Tasks], data: PyTree, *, chunk: int,
+                 meta_chunks: int = 1):
+        self.learner, self.optimizer, self.sample_tasks, self.data = learner, optimizer, sample_tasks, data
+        self.chunk, self.meta_chunks = chunk, meta_chunks
+        self._compiled: dict[tuple[Any, int], Any] = {}
+
+    def plan(self, done: int, steps: int) -> tuple[MetaLearner, int]:
+        """The phase learner and the length of the chunk that starts at step ``done``."""
+        n = min(self.chunk - done % self.chunk, steps - done)
+        first_order_steps = self.learner.first_order_steps
+        if done < first_order_steps:
+            n = min(n, first_order_steps - done)
+        return self.learner.at_step(done), n
+
+    def compiled(self, phase: MetaLearner, n: int, state: Any):
+        """The compiled ``n``-step chunk of ``phase`` for states shaped like ``state`` (abstract or
+        concrete); compiled once, ahead of time, so its memory can be checked before it runs."""
+        if (phase, n) not in self._compiled:
+            step = make_train_step(phase, self.optimizer, self.sample_tasks, chunks=self.meta_chunks)
+
+            def chunk_fn(state, data):
+                state, metrics = scan_steps(step, n)(state, data)
+                return state, metrics, _all_finite((state.meta_params, state.opt_state))
+
+            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
+            lowered = jax.jit(chunk_fn, donate_argnums=0).lower(abstract, self.data)
+            self._compiled[phase, n] = lowered.compile()
+        return self._compiled[phase, n]
+
+    def fit(self, state: TrainState, steps: int, *, hooks: tuple[Hook, ...] = (),
+            should_stop: Callable[[], bool] = lambda: False, clock: Clock | None = None) -> TrainState:
+        """Trains from ``state.step`` to ``steps`` (or until ``should_stop()`` after a chunk).
+
+        Raises:
+          Diverged: a chunk produced a non-finite meta-loss or meta-parameters; ``state`` was
+            donated, so the last good state is the last one a hook saved.
+        """
+        clock = clock or Clock()
+        done = int(state.step)
+        while done < steps and not should_stop():
+            phase, n = self.plan(done, steps)
+            state, metrics, finite = self.compiled(phase, n, state)(state, self.data)
+            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            bad = np.flatnonzero(~np.isfinite(metrics["meta_loss"]))
+            if bad.size or not bool(finite):
+                raise Diverged(done + 1 + int(bad[0]) if bad.size else done + n, metrics)
+            done += n
+            for hook in hooks:
+                hook(done, state, metrics, clock)
+        return state
