@@ -1,14 +1,37 @@
 """jmaml: MAML-family meta-learning in JAX.
 
 The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (``maml``,
-``fomaml``, ...), inner rules, the train step, models and losses.
+``fomaml``, ...) and their registry, the inner rules (optax transformations), the train step,
+models and losses.
 """
 
 from jmaml import losses
-from jmaml.algorithms import anil, fomaml, imaml, maml, maml_pp, meta_sgd, pretrain, reptile
+from jmaml.algorithms import (
+    ALGORITHMS,
+    NORM_LEAVES,
+    algorithm_options,
+    anil,
+    fomaml,
+    imaml,
+    maml,
+    maml_pp,
+    meta_sgd,
+    pretrain,
+    reptile,
+)
 from jmaml.core.implicit import cg_solve
-from jmaml.core.inner import (InnerRule, apply_step, from_optax, frozen, learned_sgd, per_step_sgd,
-                              per_step_values, proximal, sgd)
+from jmaml.core.inner import (
+    INNER_OPTIMIZERS,
+    adapt_only,
+    inner_optimizer_from,
+    learned_sgd,
+    learned_sgd_init,
+    per_step_sgd,
+    per_step_sgd_init,
+    per_step_values,
+    per_step_values_init,
+    proximal,
+)
 from jmaml.core.learner import MetaLearner, check_tasks
 from jmaml.core.schedules import meta_lr_schedule, meta_optimizer, msl_weights
 from jmaml.core.step import TrainState, init_state, make_train_step, meta_gradient, scan_steps
@@ -19,9 +42,10 @@ from jmaml.models import MLP, BatchStatNorm, Conv4, functional
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchStatNorm", "Conv4", "InnerRule", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
-    "check_tasks", "fomaml", "frozen", "functional", "init_state", "learned_sgd", "losses", "maml",
-    "make_train_step", "meta_gradient", "per_step_sgd", "pretrain", "scan_steps", "sgd",
-    "anil", "apply_step", "cg_solve", "from_optax", "imaml", "maml_pp", "meta_lr_schedule",
-    "meta_optimizer", "meta_sgd", "msl_weights", "per_step_values", "proximal", "reptile",
+    "ALGORITHMS", "BatchStatNorm", "Conv4", "INNER_OPTIMIZERS", "JmamlError", "MLP", "MetaLearner", "NORM_LEAVES",
+    "Tasks", "TrainState", "adapt_only", "algorithm_options", "anil", "cg_solve", "check_tasks", "fomaml",
+    "functional", "imaml", "init_state", "inner_optimizer_from", "learned_sgd", "learned_sgd_init", "losses",
+    "make_train_step", "maml", "maml_pp", "meta_gradient", "meta_lr_schedule", "meta_optimizer", "meta_sgd",
+    "msl_weights", "per_step_sgd", "per_step_sgd_init", "per_step_values", "per_step_values_init", "pretrain",
+    "proximal", "reptile", "scan_steps",
 ]

@@ -1,10 +1,19 @@
-"""Shared fixtures: the real Omniglot data beside the checkout, loaded once per session."""
+"""Shared fixtures: float64 for the numeric tests; the real Omniglot data beside the checkout, loaded once."""
 
 from pathlib import Path
 
+import jax
 import pytest
 
 OMNIGLOT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+
+
+@pytest.fixture
+def x64():
+    """Runs a test in float64 (``jax.enable_x64``); a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("x64")``."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="session")

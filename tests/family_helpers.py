@@ -53,9 +53,3 @@ def task(tasks: Tasks, i: int) -> Tasks:
 
 def sq_loss(params, x, y):
     return mse(mlp_apply(params, x), y)
-
-
-def assert_trees_close(a, b, rtol=1e-9, atol=1e-12):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert np.allclose(x, y, rtol=rtol, atol=atol), (x, y)

@@ -1,9 +1,12 @@
 """ANIL: only the head adapts; the body's meta-gradient is MAML's with the body's inner update removed."""
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
-from family_helpers import assert_trees_close, mlp_apply, mlp_init, mse, random_tasks, sq_loss, task, uniform
+from family_helpers import mlp_apply, mlp_init, mse, random_tasks, sq_loss, task, uniform
 
 import jmaml
 from jmaml.core.masks import resolve
@@ -11,10 +14,7 @@ from jmaml.core.masks import resolve
 LR, STEPS = 0.3, 2
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def head_only_maml_loss(params, tasks):
@@ -36,7 +36,7 @@ def test_body_untouched_by_inner_loop():
     t = task(random_tasks(1), 0)
     adapted = jax.jit(learner.adapt)(meta, t.x_support, t.y_support)
     assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(adapted["body"]),
-                                                      jax.tree.leaves(meta["params"]["body"])))
+                                                     jax.tree.leaves(meta["params"]["body"])))
     assert not jnp.array_equal(adapted["head"]["w"], meta["params"]["head"]["w"])
 
 
@@ -46,8 +46,40 @@ def test_meta_gradient_equals_maml_without_body_update():
     tasks = random_tasks(1)
     grads = jax.jit(jax.grad(lambda mp: learner.meta_loss(mp, tasks)[0]))(meta)["params"]
     expected = jax.jit(jax.grad(head_only_maml_loss))(meta["params"], tasks)
-    assert_trees_close(grads, expected)
+    chex.assert_trees_all_close(grads, expected, rtol=1e-9, atol=1e-12)
     assert jnp.any(grads["body"]["w"] != 0)  # the body learns through the query loss
+
+
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_head():
+    """First order, head_K = head - LR * sum_k sg(g_k): the meta-gradient of (body, head) is the
+    query loss's gradient at (body, head_K), the adaptation held constant."""
+    learner = jmaml.anil(mlp_apply, mse, inner_lr=LR, inner_steps=STEPS, first_order=True)
+    meta = learner.init(mlp_init(0))
+    tasks = random_tasks(1)
+    grads = jax.jit(jax.grad(lambda mp: learner.meta_loss(mp, tasks)[0]))(meta)["params"]
+    per_task = []
+    for i in range(tasks.x_support.shape[0]):
+        t, params = task(tasks, i), meta["params"]
+        head = params["head"]
+        for _ in range(STEPS):
+            g = jax.grad(sq_loss)({**params, "head": head}, t.x_support, t.y_support)["head"]
+            head = jax.tree.map(lambda h, gh: h - LR * gh, head, g)
+        per_task.append(jax.grad(sq_loss)({**params, "head": head}, t.x_query, t.y_query))
+    chex.assert_trees_all_close(grads, jax.tree.map(lambda a, b: (a + b) / 2, *per_task), rtol=1e-10, atol=1e-13)
+    second = jax.grad(head_only_maml_loss)(meta["params"], tasks)
+    assert not np.allclose(second["body"]["w"], grads["body"]["w"])
+
+
+def test_frozen_body_gets_a_zero_update_with_any_inner_optimizer():
+    """Adam on the head only: the body is frozen (optax.freeze semantics), the head moves as Adam moves it."""
+    learner = jmaml.anil(mlp_apply, mse, inner_steps=1, inner_optimizer=optax.adam(0.05))
+    meta = learner.init(mlp_init(0))
+    t = task(random_tasks(1), 0)
+    adapted = learner.adapt(meta, t.x_support, t.y_support)
+    g = jax.grad(sq_loss)(meta["params"], t.x_support, t.y_support)["head"]
+    # Adam's first step: m_hat = g, v_hat = g^2, so the step is -lr * g / (|g| + eps)
+    want = jax.tree.map(lambda h, gh: h - 0.05 * gh / (jnp.abs(gh) + 1e-8), meta["params"]["head"], g)
+    chex.assert_trees_all_close(adapted, {"body": meta["params"]["body"], "head": want}, rtol=1e-12)
 
 
 def test_regex_predicate_and_mask_select_the_same_head():

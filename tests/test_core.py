@@ -1,19 +1,17 @@
 """The MAML core against independent computations, in float64."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jmaml
 from jmaml import losses
 from jmaml.data import sinusoid
 
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def directional_fd(f, params, direction, eps=1e-6):
@@ -97,7 +95,7 @@ def test_first_order_equals_query_gradient_at_adapted_params():
                              0.05, 3)
         per_task.append(jax.grad(lambda p: fo.loss_fn(fo.apply_fn(p, task.x_query), task.y_query))(phi))
     want = jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), 0), *per_task)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_one_step_linear_regression_matches_closed_form():
@@ -115,27 +113,27 @@ def test_one_step_linear_regression_matches_closed_form():
     loss = np.mean((xq @ w1 - yq) ** 2)
     grad = (np.eye(d) - lr * (2 / n) * xs.T @ xs) @ ((2 / m) * xq.T @ (xq @ w1 - yq))
 
-    np.testing.assert_allclose(learner.adapt(meta_params, xs, ys)["w"], w1, rtol=1e-12)
+    chex.assert_trees_all_close(learner.adapt(meta_params, xs, ys)["w"], w1, rtol=1e-12)
     got_loss, _ = learner.meta_loss(meta_params, batch)
     got_grad = jax.grad(lambda mp: learner.meta_loss(mp, batch)[0])(meta_params)["params"]["w"]
-    np.testing.assert_allclose(got_loss, loss, rtol=1e-12)
-    np.testing.assert_allclose(got_grad, grad, rtol=1e-10)
+    chex.assert_trees_all_close(got_loss, loss, rtol=1e-12)
+    chex.assert_trees_all_close(got_grad, grad, rtol=1e-10)
 
 
 @pytest.mark.parametrize("problem", [mlp_problem, conv_problem], ids=["mlp", "conv_bn"])
 def test_vmap_over_tasks_equals_python_loop(problem):
     learner, meta_params, batch = problem()
     (loss, aux), grad = jax.jit(jax.value_and_grad(learner.meta_loss, has_aux=True))(meta_params, batch)
-    one_task = jax.jit(jax.value_and_grad(lambda mp, task: learner.objective(learner, mp, task, 0)[0]))
+    one_task = jax.jit(jax.value_and_grad(lambda mp, task: learner.objective(learner, mp, task, 0, None)[0]))
     losses_, grads = [], []
     for t in range(batch.x_support.shape[0]):
         value, g = one_task(meta_params, jax.tree.map(lambda a: a[t], batch))
         losses_.append(value)
         grads.append(g)
-    np.testing.assert_allclose(aux["query_loss"], jnp.stack(losses_), rtol=1e-12)
-    np.testing.assert_allclose(loss, np.mean(losses_), rtol=1e-12)
+    chex.assert_trees_all_close(aux["query_loss"], jnp.stack(losses_), rtol=1e-12)
+    chex.assert_trees_all_close(loss, np.mean(losses_), rtol=1e-12)
     want = jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), 0), *grads)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), grad, want)
+    chex.assert_trees_all_close(grad, want, rtol=1e-9, atol=1e-12)
 
 
 def test_adapt_equals_explicit_unrolled_loop():
@@ -144,16 +142,31 @@ def test_adapt_equals_explicit_unrolled_loop():
     got = learner.adapt(meta_params, task.x_support, task.y_support)
     want = explicit_adapt(learner.apply_fn, learner.loss_fn, meta_params["params"], task.x_support,
                           task.y_support, 0.3, 3)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), got, want)
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_jit_equals_no_jit():
-    learner, meta_params, batch = mlp_problem()
-    fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
-    (l1, a1), g1 = fn(meta_params, batch)
-    (l2, a2), g2 = jax.jit(fn)(meta_params, batch)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
-                 (l1, a1, g1), (l2, a2, g2))
+def explicit_meta_loss(learner, params, batch, lr, steps):
+    """MAML's meta-loss by hand: a Python loop over tasks, each adapted by :func:`explicit_adapt`."""
+    losses_ = []
+    for t in range(batch.x_support.shape[0]):
+        task = jax.tree.map(lambda a: a[t], batch)
+        phi = explicit_adapt(learner.apply_fn, learner.loss_fn, params, task.x_support, task.y_support, lr, steps)
+        losses_.append(learner.loss_fn(learner.apply_fn(phi, task.x_query), task.y_query))
+    return jnp.mean(jnp.stack(losses_))
+
+
+class JitTest(chex.TestCase):
+    """The meta-loss and meta-gradient, jitted and not, equal the explicit loop's."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_equals_no_jit(self):
+        learner, meta_params, batch = mlp_problem()
+        (loss, aux), grads = self.variant(jax.value_and_grad(learner.meta_loss, has_aux=True))(meta_params, batch)
+        want, want_grads = jax.value_and_grad(explicit_meta_loss, argnums=1)(
+            learner, meta_params["params"], batch, 0.05, 2)
+        chex.assert_trees_all_close(loss, want, rtol=1e-12)
+        chex.assert_trees_all_close(jnp.mean(aux["query_loss"]), want, rtol=1e-12)
+        chex.assert_trees_all_close(grads["params"], want_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_evaluate_reports_before_and_after_each_step():
@@ -161,14 +174,12 @@ def test_evaluate_reports_before_and_after_each_step():
     per_step = learner.evaluate(meta_params, batch, steps=4)
     assert per_step["loss"].shape == (2, 5) and per_step["accuracy"].shape == (2, 5)
     _, aux = learner.meta_loss(meta_params, batch)
-    np.testing.assert_allclose(per_step["loss"][:, 0], aux["query_loss_before"], rtol=1e-12)
-    np.testing.assert_allclose(per_step["loss"][:, 2], aux["query_loss"], rtol=1e-12)
-    np.testing.assert_allclose(per_step["accuracy"][:, 2], aux["query_accuracy"], rtol=1e-12)
+    chex.assert_trees_all_close(per_step["loss"][:, 0], aux["query_loss_before"], rtol=1e-12)
+    chex.assert_trees_all_close(per_step["loss"][:, 2], aux["query_loss"], rtol=1e-12)
+    chex.assert_trees_all_close(per_step["accuracy"][:, 2], aux["query_accuracy"], rtol=1e-12)
 
 
 def test_train_step_applies_optax_update_of_meta_gradient():
-    import optax
-
     learner, meta_params, batch = mlp_problem()
     opt = optax.sgd(0.1)
     state = jmaml.TrainState(jnp.zeros((), jnp.int32), meta_params, opt.init(meta_params),
@@ -176,9 +187,9 @@ def test_train_step_applies_optax_update_of_meta_gradient():
     new, metrics = jax.jit(jmaml.make_train_step(learner, opt))(state, batch)
     grad = jax.grad(lambda mp: learner.meta_loss(mp, batch)[0])(meta_params)
     want = jax.tree.map(lambda p, g: p - 0.1 * g, meta_params, grad)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), new.meta_params, want)
+    chex.assert_trees_all_close(new.meta_params, want, rtol=1e-10)
     assert int(new.step) == 1
-    np.testing.assert_allclose(metrics["meta_loss"], learner.meta_loss(meta_params, batch)[0], rtol=1e-12)
+    chex.assert_trees_all_close(metrics["meta_loss"], learner.meta_loss(meta_params, batch)[0], rtol=1e-12)
 
 
 def test_sinusoid_tasks_follow_paper_ranges():
@@ -200,7 +211,7 @@ def test_im2col_convolution_equals_xla_convolution(strides):
     im2col, xla = Conv2D(4, 3, strides, impl="im2col"), Conv2D(4, 3, strides, impl="xla")
     params = im2col.init(jax.random.PRNGKey(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
-    np.testing.assert_allclose(im2col.apply(params, x), xla.apply(params, x), rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(im2col.apply(params, x), xla.apply(params, x), rtol=1e-12, atol=1e-12)
 
 
 def test_wrong_input_shape_for_the_model_is_one_clear_error():
@@ -210,7 +221,7 @@ def test_wrong_input_shape_for_the_model_is_one_clear_error():
     x = jnp.zeros((2, 5, 84, 84, 3))  # miniImageNet-shaped images for an Omniglot-shaped model
     y = jnp.zeros((2, 5), jnp.int32)
     with pytest.raises(jmaml.JmamlError, match=r"the model cannot take this task's inputs of shape "
-                                                r"\(5, 84, 84, 3\) \(examples, ...\): .*make the data's shape"):
+                                               r"\(5, 84, 84, 3\) \(examples, ...\): .*make the data's shape"):
         learner.meta_loss(meta_params, jmaml.Tasks(x, y, x, y))
 
 
@@ -226,3 +237,117 @@ def test_mismatched_tasks_are_one_clear_error():
         jmaml.maml(learner.apply_fn, losses.mse, inner_lr=0, inner_steps=1)
     with pytest.raises(jmaml.JmamlError, match="inner_steps must be a positive integer, got 0"):
         jmaml.maml(learner.apply_fn, losses.mse, inner_lr=0.1, inner_steps=0)
+
+
+def clipped_meta_loss(learner, params, batch, clip, lr, steps, norms):
+    """MAML's meta-loss with the inner gradient clipped to global norm ``clip``, written by hand;
+    appends every inner gradient's norm to ``norms``."""
+    losses_ = []
+    for t in range(batch.x_support.shape[0]):
+        task = jax.tree.map(lambda a: a[t], batch)
+        phi = params
+        for _ in range(steps):
+            grads = jax.grad(lambda p: learner.loss_fn(learner.apply_fn(p, task.x_support), task.y_support))(phi)
+            norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
+            norms.append(norm)
+            phi = jax.tree.map(lambda p, g: p - lr * g * jnp.minimum(1.0, clip / norm), phi, grads)
+        losses_.append(learner.loss_fn(learner.apply_fn(phi, task.x_query), task.y_query))
+    return jnp.mean(jnp.stack(losses_))
+
+
+def test_optax_inner_optimizer_with_clipping_equals_explicit_loop():
+    _, meta_params, batch = mlp_problem()
+    clip, lr, steps = 0.3, 0.4, 2
+    learner = jmaml.maml(mlp_problem()[0].apply_fn, losses.mse, inner_steps=steps,
+                         inner_optimizer=optax.chain(optax.clip_by_global_norm(clip), optax.sgd(lr)))
+    (loss, _), grads = jax.jit(jax.value_and_grad(learner.meta_loss, has_aux=True))(meta_params, batch)
+    norms = []
+    clipped_meta_loss(learner, meta_params["params"], batch, clip, lr, steps, norms)
+    want, want_grads = jax.value_and_grad(clipped_meta_loss, argnums=1)(
+        learner, meta_params["params"], batch, clip, lr, steps, [])
+    assert min(float(n) for n in norms) > 1.5 * clip  # the clip is active at every inner step of every task
+    chex.assert_trees_all_close(loss, want, rtol=1e-12)
+    chex.assert_trees_all_close(grads["params"], want_grads, rtol=1e-9, atol=1e-12)
+    # and clipping changes the meta-gradient: plain SGD with the same rate gives another one
+    plain = jmaml.maml(learner.apply_fn, losses.mse, inner_lr=lr, inner_steps=steps)
+    other = jax.grad(lambda mp: plain.meta_loss(mp, batch)[0])(meta_params)["params"]
+    assert not np.allclose(jax.flatten_util.ravel_pytree(other)[0],
+                           jax.flatten_util.ravel_pytree(grads["params"])[0], rtol=1e-3)
+
+
+def test_inner_lr_and_inner_optimizer_rules():
+    learner, _, _ = mlp_problem()
+    apply = learner.apply_fn
+    for factory in (jmaml.maml, jmaml.fomaml, jmaml.anil, jmaml.reptile, jmaml.imaml, jmaml.pretrain):
+        with pytest.raises(jmaml.JmamlError, match=r"^inner_lr=0.1 and an optax inner_optimizer both set the "
+                                                   r"inner step; give the learning rate inside the optax"):
+            factory(apply, losses.mse, inner_steps=1, inner_lr=0.1, inner_optimizer=optax.sgd(0.1))
+        with pytest.raises(jmaml.JmamlError, match=r"^inner_optimizer='sgd' needs inner_lr, its learning rate$"):
+            factory(apply, losses.mse, inner_steps=1)
+        with pytest.raises(jmaml.JmamlError, match=r"^inner_optimizer must be one of 'sgd', 'adam' or an optax "
+                                                   r"GradientTransformation, got 'rmsprop'$"):
+            factory(apply, losses.mse, inner_steps=1, inner_lr=0.1, inner_optimizer="rmsprop")
+    assert isinstance(jmaml.maml(apply, losses.mse, inner_steps=1, inner_optimizer=optax.sgd(0.1)).inner_optimizer,
+                      optax.GradientTransformation)
+    with pytest.raises(jmaml.JmamlError, match=r"^first_order must be True or False, got 1$"):
+        jmaml.maml(apply, losses.mse, inner_lr=0.1, inner_steps=1, first_order=1)
+
+
+def test_annealing_has_one_path_the_host_switch():
+    learner, meta_params, batch = mlp_problem()
+    annealed = jmaml.maml_pp(learner.apply_fn, losses.mse, inner_lr=0.05, inner_steps=2, first_order_steps=3)
+    mp = annealed.init(meta_params["params"])
+    # a Python meta-step goes through at_step; a traced one is an error that names the fix
+    for step in (0, 3):
+        chex.assert_trees_all_close(annealed.meta_loss(mp, batch, step),
+                                    annealed.at_step(step).meta_loss(mp, batch, step))
+    with pytest.raises(jmaml.JmamlError, match=r"first_order_steps=3 meta-steps, which is a host-side switch: "
+                                               r"build the train step from learner.at_step\(step\)"):
+        jax.jit(lambda t: annealed.meta_loss(mp, batch, t))(0)
+
+
+def test_registry_and_options_come_from_the_factories():
+    assert list(jmaml.ALGORITHMS) == ["maml", "fomaml", "meta_sgd", "anil", "maml_pp", "reptile", "imaml",
+                                      "pretrain"]
+    options = {name: jmaml.algorithm_options(name) for name in jmaml.ALGORITHMS}
+    common = {"inner_steps", "inner_lr", "metrics", "unroll"}
+    assert all(common <= set(o) for o in options.values())
+    assert options["reptile"] == {"inner_steps": jmaml.algorithms.REQUIRED, "inner_lr": None,
+                                  "inner_optimizer": "sgd", "inner_batch": 0, "metrics": None, "unroll": 1}
+    assert set(options["imaml"]) - common == {"inner_optimizer", "proximal_lambda", "cg_steps"}
+    assert options["imaml"]["proximal_lambda"] == 1.0 and options["imaml"]["cg_steps"] == 5
+    assert set(options["maml_pp"]) - common == {"msl_anneal_steps", "first_order_steps", "per_step_bn", "first_order"}
+    assert options["maml_pp"]["per_step_bn"] == jmaml.NORM_LEAVES
+    assert options["meta_sgd"]["inner_lr"] is jmaml.algorithms.REQUIRED
+    assert set(options["anil"]) - common == {"inner_optimizer", "head", "first_order"}
+    assert set(options["fomaml"]) - common == {"inner_optimizer"}
+    with pytest.raises(jmaml.JmamlError, match=r"^unknown algorithm 'mamlx'; choose one of: maml, fomaml, "):
+        jmaml.algorithm_options("mamlx")
+
+
+def test_pretrain_objective_and_fine_tuning_equal_explicit_loops():
+    """pretrain: per task, the mean loss over support and query together at theta (no adaptation);
+    at meta-test, plain SGD fine-tuning on the support set."""
+    learner, meta_params, batch = mlp_problem(steps=2)
+    pre = jmaml.pretrain(learner.apply_fn, losses.mse, inner_lr=0.05, inner_steps=2)
+
+    def hand(params):
+        per_task = []
+        for t in range(batch.x_support.shape[0]):
+            out = jnp.concatenate([learner.apply_fn(params, batch.x_support[t]),
+                                   learner.apply_fn(params, batch.x_query[t])])
+            y = jnp.concatenate([batch.y_support[t], batch.y_query[t]])
+            per_task.append(jnp.sum((out - y) ** 2) / y.size)
+        return sum(per_task) / len(per_task)
+
+    (loss, aux), grads = jax.value_and_grad(pre.meta_loss, has_aux=True)(meta_params, batch)
+    want, want_grads = jax.value_and_grad(hand)(meta_params["params"])
+    chex.assert_trees_all_close(loss, want, rtol=1e-12)
+    chex.assert_trees_all_close(grads["params"], want_grads, rtol=1e-10, atol=1e-13)
+    chex.assert_trees_all_close(aux["query_loss"], aux["query_loss_before"])  # no adaptation in training
+    scores = pre.evaluate(meta_params, batch, steps=2)["loss"][:, 2]
+    for t in range(batch.x_support.shape[0]):
+        phi = explicit_adapt(learner.apply_fn, losses.mse, meta_params["params"], batch.x_support[t],
+                             batch.y_support[t], 0.05, 2)
+        chex.assert_trees_all_close(scores[t], losses.mse(learner.apply_fn(phi, batch.x_query[t]), batch.y_query[t]),
+                                    rtol=1e-12)

@@ -1,7 +1,9 @@
-"""iMAML: implicit meta-gradient (I + H/lambda)^{-1} g by CG, memory flat in the number of inner steps."""
+"""iMAML: implicit meta-gradient (I + H/lambda)^{-1} g by CG; its memory stays flat as the inner steps grow."""
 
+import chex
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 from family_helpers import mlp_apply, mlp_init, mse, random_tasks
 
@@ -10,10 +12,7 @@ import jmaml
 LAM = 0.7
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def linear(params, x):
@@ -86,3 +85,21 @@ def test_non_positive_lambda_is_an_error(value):
 def test_non_positive_cg_steps_is_an_error(value):
     with pytest.raises(jmaml.JmamlError, match=rf"^cg_steps must be a positive integer, got {value}$"):
         jmaml.imaml(linear, mse, inner_lr=0.1, inner_steps=5, cg_steps=value)
+
+
+def test_proximal_term_chained_with_any_inner_optimizer():
+    """optax.chain(proximal(lam), sgd(lr)) steps by -lr * (g + lam * (phi - phi_0)), phi_0 from init."""
+    lam, lr = 0.7, 0.2
+    opt = optax.chain(jmaml.proximal(lam), optax.sgd(lr))
+    phi_0 = {"w": jnp.array([1.0, -2.0])}
+    state = opt.init(phi_0)
+    phi, g = {"w": jnp.array([1.5, -1.0])}, {"w": jnp.array([0.3, 0.1])}
+    updates, _ = opt.update(g, state, phi)
+    chex.assert_trees_all_close(updates, {"w": -lr * (g["w"] + lam * (phi["w"] - phi_0["w"]))}, rtol=1e-15)
+    # imaml(inner_optimizer=sgd(lr)) is imaml(inner_lr=lr)
+    tasks = random_tasks(1)
+    a = jmaml.imaml(mlp_apply, mse, inner_lr=0.1, inner_steps=3, proximal_lambda=LAM)
+    b = jmaml.imaml(mlp_apply, mse, inner_optimizer=optax.sgd(0.1), inner_steps=3, proximal_lambda=LAM)
+    meta = a.init(mlp_init(0))
+    chex.assert_trees_all_close(jax.grad(lambda mp: a.meta_loss(mp, tasks)[0])(meta),
+                                jax.grad(lambda mp: b.meta_loss(mp, tasks)[0])(meta), rtol=1e-14)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +12,7 @@ import jmaml
 from jmaml import losses
 from jmaml.data import sinusoid
 
-
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def mlp_problem(steps, tasks=4, support=8, width=16):
@@ -35,16 +32,28 @@ def test_remat_gives_the_same_meta_gradient():
     learner, meta_params, batch = mlp_problem(steps=3)
     (l1, a1), g1 = grads_of(learner, meta_params, batch)
     (l2, a2), g2 = grads_of(dataclasses.replace(learner, remat=True), meta_params, batch)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13), (l1, a1, g1), (l2, a2, g2))
+    chex.assert_trees_all_close((l1, a1, g1), (l2, a2, g2), rtol=1e-10, atol=1e-13)
 
 
 def test_chunked_meta_batch_gives_the_same_meta_gradient():
     learner, meta_params, batch = mlp_problem(steps=2)
     (l1, a1), g1 = grads_of(learner, meta_params, batch)
     (l2, a2), g2 = grads_of(learner, meta_params, batch, chunks=2)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13), (l1, a1, g1), (l2, a2, g2))
+    chex.assert_trees_all_close((l1, a1, g1), (l2, a2, g2), rtol=1e-10, atol=1e-13)
     with pytest.raises(jmaml.JmamlError, match="meta_chunks=3 must divide the meta-batch of 4 tasks"):
         jmaml.meta_gradient(learner, meta_params, batch, chunks=3)
+
+
+def test_task_keys_do_not_depend_on_chunks():
+    """Reptile's minibatches are drawn from fold_in(key, task index in the whole meta-batch)."""
+    learner, meta_params, batch = mlp_problem(steps=3)
+    reptile = jmaml.reptile(learner.apply_fn, learner.loss_fn, inner_lr=0.01, inner_steps=3, inner_batch=3)
+    key = jax.random.PRNGKey(4)
+    one = jax.jit(lambda mp: jmaml.meta_gradient(reptile, mp, batch, key=key))(meta_params)
+    two = jax.jit(lambda mp: jmaml.meta_gradient(reptile, mp, batch, key=key, chunks=2))(meta_params)
+    chex.assert_trees_all_close(one, two, rtol=1e-10, atol=1e-13)
+    other = jax.jit(lambda mp: jmaml.meta_gradient(reptile, mp, batch, key=jax.random.PRNGKey(5)))(meta_params)
+    assert not np.allclose(one[0][0], other[0][0])
 
 
 def temp_bytes(learner, meta_params, batch):
@@ -52,9 +61,22 @@ def temp_bytes(learner, meta_params, batch):
     return fn.lower(meta_params).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_remat_memory_grows_slower_with_inner_steps():
+def test_remat_memory_grows_far_slower_with_inner_steps():
+    """Compiled temporary memory against the number of inner steps K, with and without remat.
+
+    Without remat the backward pass stores every step's activations; with remat only the
+    parameters between steps: memory still grows with K (measured on XLA:CPU: about 4.2 / 5.0 /
+    8.4 MB at K = 4 / 16 / 64, against 11.0 / 33.9 / 125.6 MB), at about one copy of the
+    parameters per task and step.
+    """
     # wide layers and many support points, so that activations, not parameters, fill memory
-    learner, meta_params, batch = mlp_problem(steps=16, tasks=2, support=512, width=64)
-    plain = temp_bytes(learner, meta_params, batch)
-    remat = temp_bytes(dataclasses.replace(learner, remat=True), meta_params, batch)
-    assert remat < plain / 2, (remat, plain)
+    tasks, support, width = 2, 512, 64
+    plain, remat = {}, {}
+    for k in (4, 64):
+        learner, meta_params, batch = mlp_problem(steps=k, tasks=tasks, support=support, width=width)
+        plain[k] = temp_bytes(learner, meta_params, batch)
+        remat[k] = temp_bytes(dataclasses.replace(learner, remat=True), meta_params, batch)
+    slope_plain, slope_remat = ((m[64] - m[4]) / 60 for m in (plain, remat))
+    param_bytes = 8 * sum(x.size for x in jax.tree.leaves(meta_params["params"]))
+    assert slope_plain > 10 * slope_remat, (plain, remat)
+    assert 0 <= slope_remat <= 1.5 * tasks * param_bytes, (slope_remat, tasks * param_bytes)

@@ -1,22 +1,27 @@
-"""Inner-update rules: how one inner step turns a support gradient into new parameters.
+"""Inner-loop updates: optax transformations, and jmaml's own rules written as optax transformations.
 
-A rule is a pair of pure functions, like an optax transformation:
+The inner loop of :class:`~jmaml.core.learner.MetaLearner` takes any ``optax.GradientTransformation``:
+its state is initialised on each task's starting parameters, and each inner step ``k`` runs ::
 
-- ``init(params) -> hyper``: the rule's own meta-parameters (learned inner learning rates),
-  meta-trained with the model's parameters; ``{}`` for a fixed rule.
-- ``step(hyper, params, grads, k) -> params``: the parameters after inner step ``k`` (0-based).
+    updates, state = inner_optimizer.update(grads, state, params, meta=meta_params["inner"], step=k)
+    params = optax.apply_updates(params, updates)
 
-Most rules hold no state between inner steps. A rule that does (an optax optimiser's moments,
-the anchor of a proximal term) also has ``init_state(params) -> state``, called on each task's
-starting parameters, and its ``step`` takes and returns the state:
-``step(hyper, params, grads, k, state) -> (params, state)``. The inner loop carries the state
-through its scan; :func:`apply_step` calls either kind.
+Plain optax optimisers ignore the two extra arguments (``optax.chain`` passes extra arguments only
+to the members that accept them). jmaml's rules below are ``optax.GradientTransformationExtraArgs``
+that read them:
+
+- ``meta``: the meta-learned inner values, a dict with one entry per rule (``meta[name]``), so
+  several rules in one ``optax.chain`` each find their own values;
+- ``step``: the inner step index ``k`` (0-based, traced), for per-step values.
+
+The initial meta-learned values come from the ``*_init`` function beside each rule; an algorithm
+factory gives the learner an ``init_inner(params) -> {name: values}`` built from them.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,37 +31,12 @@ from jmaml.core.masks import PathSpec, leaf_names, resolve
 from jmaml.core.types import Params, PyTree
 from jmaml.errors import JmamlError
 
-
-class InnerRule(NamedTuple):
-    """How the inner loop moves parameters along a support gradient.
-
-    Attributes:
-      init: ``params -> hyper``, the rule's meta-learned hyper-parameters (``{}`` if none).
-      step: ``(hyper, params, grads, k) -> params`` for inner step ``k``; for a rule with state,
-        ``(hyper, params, grads, k, state) -> (params, state)``.
-      init_state: ``params -> state``, the per-task state at the start of the inner loop, or
-        ``None`` for a rule without state.
-    """
-
-    init: Callable[[Params], PyTree]
-    step: Callable[..., Params | tuple[Params, PyTree]]
-    init_state: Callable[[Params], PyTree] | None = None
-
-
-def apply_step(rule: InnerRule, hyper: PyTree, params: Params, grads: Params, k: jax.Array,
-               state: PyTree = None) -> tuple[Params, PyTree]:
-    """One inner step of any rule: ``(params, state)`` after step ``k`` (state ``None`` if none)."""
-    if rule.init_state is None:
-        return rule.step(hyper, params, grads, k), state
-    return rule.step(hyper, params, grads, k, state)
-
-
-def _wrap(rule: InnerRule, init: Callable, step: Callable) -> InnerRule:
-    """A rule around ``rule``, with its state: ``step(hyper, params, grads, k, state) -> (params,
-    state)`` as written, or called with ``state=None`` when ``rule`` has no state."""
-    if rule.init_state is None:
-        return InnerRule(init, lambda hyper, params, grads, k: step(hyper, params, grads, k, None)[0])
-    return InnerRule(init, step, rule.init_state)
+# The named inner optimisers a config can choose; each takes the inner learning rate.
+INNER_OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    # Nichol et al. (2018), section 6: Adam with beta1 = 0 in the inner loop; its moments are per task.
+    "adam": lambda lr: optax.adam(lr, b1=0.0),
+}
 
 
 def check_positive(name: str, value: float | int, *, integer: bool = False) -> None:
@@ -67,110 +47,114 @@ def check_positive(name: str, value: float | int, *, integer: bool = False) -> N
         raise JmamlError(f"{name} must be a positive {kind}, got {value!r}")
 
 
-def sgd(inner_lr: float) -> InnerRule:
-    """Plain gradient descent with one fixed learning rate: ``phi - inner_lr * g``.
+def inner_optimizer_from(inner_optimizer: str | optax.GradientTransformation = "sgd",
+                         inner_lr: float | None = None) -> optax.GradientTransformation:
+    """The inner optimiser an algorithm factory's ``inner_optimizer`` and ``inner_lr`` describe.
 
-    References:
-      Finn, Abbeel & Levine (2017). Model-Agnostic Meta-Learning for Fast Adaptation of
-      Deep Networks. ICML. https://arxiv.org/abs/1703.03400
+    The rule: a name (``"sgd"``, ``"adam"``: Adam with beta1 = 0, as in Reptile) takes its learning
+    rate from ``inner_lr``, which is then required; an optax transformation carries its own
+    learning rate, so ``inner_lr`` must then be left out (``None``).
+
+    Raises:
+      JmamlError: an unknown name, a name without ``inner_lr``, or a transformation together
+        with ``inner_lr``.
     """
+    if isinstance(inner_optimizer, optax.GradientTransformation):
+        if inner_lr is not None:
+            raise JmamlError(
+                f"inner_lr={inner_lr!r} and an optax inner_optimizer both set the inner step; give the "
+                "learning rate inside the optax transformation and leave inner_lr out")
+        return inner_optimizer
+    if not isinstance(inner_optimizer, str) or inner_optimizer not in INNER_OPTIMIZERS:
+        raise JmamlError(f"inner_optimizer must be one of {', '.join(map(repr, INNER_OPTIMIZERS))} or an "
+                         f"optax GradientTransformation, got {inner_optimizer!r}")
+    if inner_lr is None:
+        raise JmamlError(f"inner_optimizer={inner_optimizer!r} needs inner_lr, its learning rate")
     check_positive("inner_lr", inner_lr)
-
-    def step(hyper, params, grads, k):
-        del hyper, k
-        return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
-
-    return InnerRule(init=lambda params: {}, step=step)
+    return INNER_OPTIMIZERS[inner_optimizer](inner_lr)
 
 
-def learned_sgd(init_lr: float) -> InnerRule:
+def _meta(meta: PyTree, name: str, rule: str) -> PyTree:
+    if meta is None or name not in meta:
+        raise JmamlError(f"{rule} reads its learned values from meta[{name!r}], but the meta-parameters' "
+                         f"'inner' has {sorted(meta) if meta is not None else None}; build the learner "
+                         f"with an init_inner that returns {{{name!r}: ...}}")
+    return meta[name]
+
+
+def learned_sgd(*, name: str = "lr") -> optax.GradientTransformationExtraArgs:
     """Gradient descent with a learned learning rate per parameter entry (Meta-SGD).
 
-    ``hyper`` is a pytree shaped like the parameters, initialised to ``init_lr``:
-    ``phi - alpha * g`` elementwise.
+    The update is ``-alpha * g`` elementwise, with ``alpha = meta[name]`` shaped like the
+    parameters (initial values: :func:`learned_sgd_init`).
 
     References:
       Li, Zhou, Chen & Li (2017). Meta-SGD: Learning to Learn Quickly for Few-Shot
       Learning. https://arxiv.org/abs/1707.09835
     """
+
+    def update(updates, state, params=None, *, meta=None, **extra_args):
+        del params, extra_args
+        rates = _meta(meta, name, "learned_sgd")
+        return jax.tree.map(lambda a, g: -a * g, rates, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def learned_sgd_init(params: Params, init_lr: float) -> PyTree:
+    """Meta-SGD's initial rates: ``init_lr`` for every parameter entry, shaped like ``params``."""
     check_positive("inner_lr", init_lr)
-
-    def init(params):
-        return jax.tree.map(lambda p: jnp.full_like(p, init_lr), params)
-
-    def step(alpha, params, grads, k):
-        del k
-        return jax.tree.map(lambda p, a, g: p - a * g, params, alpha, grads)
-
-    return InnerRule(init=init, step=step)
+    return jax.tree.map(lambda p: jnp.full_like(p, init_lr), params)
 
 
-def per_step_sgd(init_lr: float, steps: int) -> InnerRule:
+def per_step_sgd(steps: int, *, name: str = "lslr") -> optax.GradientTransformationExtraArgs:
     """Learned learning rate per parameter tensor (layer) and per inner step (MAML++ LSLR).
 
-    ``hyper`` holds, for every leaf of the parameters, a vector of ``steps`` rates.
-    Step ``k`` uses entry ``min(k, steps - 1)``, so a meta-test with more inner steps
-    than meta-training keeps the last learned rate.
+    ``meta[name]`` holds, for every leaf of the parameters, a vector of ``steps`` rates; inner
+    step ``k`` updates by ``-rate[min(k, steps - 1)] * g``, so a meta-test with more inner steps
+    than meta-training keeps the last learned rate (initial values: :func:`per_step_sgd_init`).
 
     References:
       Antoniou, Edwards & Storkey (2019). How to train your MAML. ICLR.
       https://arxiv.org/abs/1810.09502
     """
-    check_positive("inner_lr", init_lr)
     check_positive("inner_steps", steps, integer=True)
 
-    def init(params):
-        return jax.tree.map(lambda p: jnp.full((steps,), init_lr, p.dtype), params)
+    def update(updates, state, params=None, *, meta=None, step=0, **extra_args):
+        del params, extra_args
+        index = jnp.minimum(step, steps - 1)
+        rates = _meta(meta, name, "per_step_sgd")
+        return jax.tree.map(lambda r, g: -r[index] * g, rates, updates), state
 
-    def step(rates, params, grads, k):
-        index = jnp.minimum(k, steps - 1)
-        return jax.tree.map(lambda p, r, g: p - r[index] * g, params, rates, grads)
-
-    return InnerRule(init=init, step=step)
-
-
-def frozen(rule: InnerRule, adapt_mask: PathSpec, *, name: str = "adapt_mask",
-           partial: bool = False) -> InnerRule:
-    """Restricts ``rule`` to the leaves ``adapt_mask`` selects; the others never move.
-
-    Frozen leaves are passed through untouched (not multiplied by zero), so no inner
-    gradient of theirs is ever used and XLA drops its computation. The rule's
-    hyper-parameters still cover every leaf, which keeps ``hyper`` shaped like params.
-
-    Args:
-      rule: the rule for the adapted leaves.
-      adapt_mask: a :data:`~jmaml.core.masks.PathSpec` (boolean pytree, path regex or path
-        predicate), resolved against the parameters in ``init`` and ``step``.
-      name: what the mask is called in error messages.
-      partial: raise a JmamlError (in ``init``) if the mask selects no leaf or every leaf.
-    """
-
-    def init(params):
-        resolve(adapt_mask, params, name=name, some=partial, not_all=partial)
-        return rule.init(params)
-
-    def step(hyper, params, grads, k, state):
-        moved, state = apply_step(rule, hyper, params, grads, k, state)
-        keep = resolve(adapt_mask, params, name=name)
-        return jax.tree.map(lambda a, new, old: new if a else old, keep, moved, params), state
-
-    return _wrap(rule, init, step)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
-def per_step_values(rule: InnerRule, select: PathSpec, steps: int, *, name: str = "per_step_bn"
-                    ) -> InnerRule:
+def per_step_sgd_init(params: Params, init_lr: float, steps: int) -> PyTree:
+    """LSLR's initial rates: a ``[steps]`` vector of ``init_lr`` for every leaf of ``params``."""
+    check_positive("inner_lr", init_lr)
+    check_positive("inner_steps", steps, integer=True)
+    return jax.tree.map(lambda p: jnp.full((steps,), init_lr, p.dtype), params)
+
+
+def _selected(select: PathSpec, params: Params, name: str) -> list[tuple[str, ...] | None]:
+    flags = jax.tree.leaves(resolve(select, params, name=name, not_all=True))
+    return [names if keep else None for names, keep in zip(leaf_names(params), flags)]
+
+
+def per_step_values(select: PathSpec, steps: int, *, name: str = "per_step_bn"
+                    ) -> optax.GradientTransformationExtraArgs:
     """Gives the selected leaves a learned value per inner step instead of an inner update.
 
-    After inner step ``k`` each selected leaf is set to its learned value for that step,
-    entry ``min(k, steps - 1)`` of a table initialised with ``steps`` copies of the leaf; before
-    the first step it is the meta-parameter itself. MAML++ uses it for per-step BatchNorm scale
-    and bias: the support forward pass of step ``k`` and the query pass after it see their own
-    normalisation weights, with no change to the model. Selecting no leaf is allowed (a model
-    without normalisation); selecting every leaf is a JmamlError, since nothing would adapt.
+    Chain it after the rule that moves the other leaves. After inner step ``k`` each selected
+    leaf equals its learned value for that step, entry ``min(k, steps - 1)`` of its table in
+    ``meta[name]`` (the update is ``value - param``); before the first step it is the
+    meta-parameter itself. MAML++ uses it for per-step BatchNorm scale and bias: the support
+    forward pass of step ``k`` and the query pass after it see their own normalisation weights,
+    with no change to the model. Selecting no leaf is allowed (a model without normalisation).
 
-    ``hyper`` is ``{"rule": rule's hyper, "values": tables}``, where ``tables`` nests dicts by the
-    selected leaves' key names, each a ``[steps, *leaf.shape]`` array (e.g.
-    ``{"norm0": {"scale": ..., "bias": ...}}``; ``{}`` when nothing is selected).
+    ``meta[name]`` nests dicts by the selected leaves' key names, each a ``[steps, *leaf.shape]``
+    array (e.g. ``{"norm0": {"scale": ..., "bias": ...}}``; ``{}`` when nothing is selected);
+    initial values: :func:`per_step_values_init`.
 
     References:
       Antoniou, Edwards & Storkey (2019). How to train your MAML. ICLR, section 4
@@ -178,36 +162,64 @@ def per_step_values(rule: InnerRule, select: PathSpec, steps: int, *, name: str 
     """
     check_positive("inner_steps", steps, integer=True)
 
-    def selected(params):
-        flags = jax.tree.leaves(resolve(select, params, name=name, not_all=True))
-        return [names if keep else None for names, keep in zip(leaf_names(params), flags)]
-
-    def init(params):
-        tables = {}
-        for names, p in zip(selected(params), jax.tree.leaves(params)):
-            if names is not None:
-                node = functools.reduce(lambda d, key: d.setdefault(key, {}), names[:-1], tables)
-                node[names[-1]] = jnp.broadcast_to(p, (steps,) + jnp.shape(p))
-        return {"rule": rule.init(params), "values": tables}
-
-    def step(hyper, params, grads, k, state):
-        moved, state = apply_step(rule, hyper["rule"], params, grads, k, state)
-        leaves, treedef = jax.tree.flatten(moved)
-        index = jnp.minimum(k, steps - 1)
-        table = lambda names: functools.reduce(lambda d, key: d[key], names, hyper["values"])  # noqa: E731
-        leaves = [leaf if names is None else table(names)[index]
-                  for leaf, names in zip(leaves, selected(params))]
+    def update(updates, state, params=None, *, meta=None, step=0, **extra_args):
+        del extra_args
+        if params is None:
+            raise JmamlError("per_step_values needs the parameters: call update(updates, state, params, ...)")
+        tables = _meta(meta, name, "per_step_values")
+        index = jnp.minimum(step, steps - 1)
+        table = lambda names: functools.reduce(lambda d, key: d[key], names, tables)  # noqa: E731
+        leaves, treedef = jax.tree.flatten(updates)
+        leaves = [u if names is None else table(names)[index] - p
+                  for u, p, names in zip(leaves, jax.tree.leaves(params), _selected(select, params, name))]
         return jax.tree.unflatten(treedef, leaves), state
 
-    return _wrap(rule, init, step)
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
-def proximal(rule: InnerRule, lam: float) -> InnerRule:
-    """Adds the gradient of ``lam / 2 * ||phi - phi_0||^2`` to every inner gradient (iMAML).
+def per_step_values_init(params: Params, select: PathSpec, steps: int, *, name: str = "per_step_bn") -> PyTree:
+    """Per-step tables of the leaves ``select`` picks, each ``steps`` copies of the leaf.
 
-    ``phi_0`` (the meta-parameters the inner loop starts from) is kept as the rule's state, so
-    the inner loop minimises the support loss plus a proximal term that keeps the adapted
-    parameters near the meta-parameters.
+    Raises:
+      JmamlError: ``select`` picks every leaf (nothing would adapt), or a mask of the wrong structure.
+    """
+    check_positive("inner_steps", steps, integer=True)
+    tables: dict[str, Any] = {}
+    for names, p in zip(_selected(select, params, name), jax.tree.leaves(params)):
+        if names is not None:
+            node = functools.reduce(lambda d, key: d.setdefault(key, {}), names[:-1], tables)
+            node[names[-1]] = jnp.broadcast_to(p, (steps,) + jnp.shape(p))
+    return tables
+
+
+def adapt_only(select: PathSpec, *, name: str = "adapt") -> optax.GradientTransformationExtraArgs:
+    """Freezes every leaf that ``select`` leaves out: its update is zero, never its raw gradient.
+
+    ``optax.freeze`` of the complement of ``select`` (``optax.masked(optax.set_to_zero(), ...)``),
+    with the mask resolved from a :data:`~jmaml.core.masks.PathSpec` on the parameters' paths.
+    Chain it after the optimiser of the adapted leaves (ANIL's head). The frozen leaves' inner
+    gradients are then unused, and XLA drops their computation.
+
+    References:
+      Raghu, Raghu, Bengio & Vinyals (2020). Rapid Learning or Feature Reuse? Towards
+      Understanding the Effectiveness of MAML. ICLR. https://arxiv.org/abs/1909.09157
+    """
+    frozen = lambda tree: jax.tree.map(lambda keep: not keep, resolve(select, tree, name=name))  # noqa: E731
+    return optax.masked(optax.set_to_zero(), frozen)
+
+
+class ProximalState(NamedTuple):
+    """State of :func:`proximal`: ``anchor``, the parameters the inner loop started from (phi_0)."""
+
+    anchor: Params
+
+
+def proximal(lam: float) -> optax.GradientTransformation:
+    """Adds ``lam * (phi - phi_0)``, the gradient of ``lam / 2 * ||phi - phi_0||^2`` (iMAML).
+
+    ``phi_0`` (the meta-parameters the inner loop starts from) is the state, set by ``init``.
+    Chain it before the optimiser: ``optax.chain(proximal(lam), optax.sgd(lr))`` descends on the
+    support loss plus a proximal term that keeps the adapted parameters near the meta-parameters.
 
     References:
       Rajeswaran, Finn, Kakade & Levine (2019). Meta-Learning with Implicit Gradients.
@@ -215,32 +227,9 @@ def proximal(rule: InnerRule, lam: float) -> InnerRule:
     """
     check_positive("proximal_lambda", lam)
 
-    def init_state(params):
-        inner = rule.init_state(params) if rule.init_state is not None else None
-        return {"anchor": params, "rule": inner}
+    def update(updates, state, params=None):
+        if params is None:
+            raise JmamlError("proximal needs the parameters: call update(updates, state, params)")
+        return jax.tree.map(lambda g, p, a: g + lam * (p - a), updates, params, state.anchor), state
 
-    def step(hyper, params, grads, k, state):
-        grads = jax.tree.map(lambda g, p, a: g + lam * (p - a), grads, params, state["anchor"])
-        params, inner = apply_step(rule, hyper, params, grads, k, state["rule"])
-        return params, {"anchor": state["anchor"], "rule": inner}
-
-    return InnerRule(rule.init, step, init_state)
-
-
-def from_optax(optimizer: optax.GradientTransformation) -> InnerRule:
-    """Any optax optimiser as an inner rule; its state (e.g. Adam's moments) is per task.
-
-    For example Reptile's inner Adam: ``from_optax(optax.adam(lr, b1=0.0))``. The optimiser has
-    no meta-learned hyper-parameters (``hyper`` is ``{}``).
-
-    References:
-      Nichol, Achiam & Schulman (2018). On First-Order Meta-Learning Algorithms, section 6
-      (Adam with beta1 = 0 in the inner loop). https://arxiv.org/abs/1803.02999
-    """
-
-    def step(hyper, params, grads, k, state):
-        del hyper, k
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return InnerRule(lambda params: {}, step, optimizer.init)
+    return optax.GradientTransformation(ProximalState, update)

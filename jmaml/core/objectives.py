@@ -1,6 +1,6 @@
 """Per-task meta-objectives: what the outer loop differentiates for one task.
 
-An objective is ``objective(learner, meta_params, task, train_step) -> (loss, aux)``; the
+An objective is ``objective(learner, meta_params, task, meta_step, key) -> (loss, aux)``; the
 meta-gradient is ``jax.grad`` of its mean over tasks. Which computation it differentiates is
 what sets the meta-gradient estimator: through the unrolled inner loop (MAML, second order),
 through it with inner gradients held constant (first order, via ``learner.first_order``),
@@ -9,6 +9,7 @@ or a surrogate whose gradient is the estimator (Reptile, iMAML; see ``jmaml/algo
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -30,28 +31,28 @@ def with_before(learner, meta_params: PyTree, task: Tasks, after: dict[str, jax.
     return aux
 
 
-def query_loss(learner, meta_params: PyTree, task: Tasks, train_step: Any = 0
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def query_loss(learner, meta_params: PyTree, task: Tasks, meta_step: Any = 0,
+               key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MAML's objective: the query loss of the parameters adapted on the support set.
 
     References:
       Finn, Abbeel & Levine (2017). Model-Agnostic Meta-Learning for Fast Adaptation of
       Deep Networks. ICML. https://arxiv.org/abs/1703.03400
     """
-    del train_step
-    params = learner.adapt(meta_params, task.x_support, task.y_support)
+    del meta_step
+    params = learner.adapt(meta_params, task.x_support, task.y_support, key=key)
     after = learner.scores(params, task.x_query, task.y_query)
     return after["loss"], with_before(learner, meta_params, task, after)
 
 
-def joint_loss(learner, meta_params: PyTree, task: Tasks, train_step: Any = 0
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def joint_loss(learner, meta_params: PyTree, task: Tasks, meta_step: Any = 0,
+               key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The non-meta-learned baseline: the loss on all of a task's data, with no adaptation.
 
     Trained on this, the network fits the average task; it is then fine-tuned on a new
     task's support set with the learner's inner rule like any meta-learner.
     """
-    del train_step
+    del meta_step, key
     x = jnp.concatenate([task.x_support, task.x_query])
     y = jnp.concatenate([task.y_support, task.y_query])
     loss = learner.loss_fn(learner.apply_fn(meta_params["params"], x), y)
@@ -63,7 +64,7 @@ def multi_step_loss(anneal_steps: int) -> Objective:
     """MAML++'s multi-step loss: query losses after every inner step, weighted by :func:`msl_weights`.
 
     The weights move from uniform to the last step over ``anneal_steps`` meta-steps (the
-    ``train_step`` argument); from then on, and for ``anneal_steps == 0``, this is
+    ``meta_step`` argument); from then on, and for ``anneal_steps == 0``, this is
     :func:`query_loss`.
 
     References:
@@ -71,10 +72,11 @@ def multi_step_loss(anneal_steps: int) -> Objective:
       https://arxiv.org/abs/1810.09502
     """
 
-    def objective(learner, meta_params, task, train_step=0):
+    def objective(learner, meta_params, task, meta_step=0, key=None):
         observe = lambda p: learner.scores(p, task.x_query, task.y_query)  # noqa: E731
-        _, per_step = learner.inner_loop(meta_params, task.x_support, task.y_support, observe=observe)
-        weights = msl_weights(learner.inner_steps, anneal_steps, train_step)
+        _, per_step = learner.inner_loop(meta_params, task.x_support, task.y_support, observe=observe,
+                                         key=key)
+        weights = msl_weights(learner.inner_steps, anneal_steps, meta_step)
         loss = jnp.sum(weights.astype(per_step["loss"].dtype) * per_step["loss"])
         after = jax.tree.map(lambda v: v[-1], per_step)
         return loss, with_before(learner, meta_params, task, after)
@@ -82,8 +84,8 @@ def multi_step_loss(anneal_steps: int) -> Objective:
     return objective
 
 
-def reptile_loss(learner, meta_params: PyTree, task: Tasks, train_step: Any = 0
-                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def reptile_loss(learner, meta_params: PyTree, task: Tasks, meta_step: Any = 0,
+                 key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Reptile's surrogate ``0.5 ||theta - stop_gradient(phi_K)||^2``: its gradient is ``theta - phi_K``.
 
     ``phi_K`` is adapted on the support set with nothing differentiated through the inner
@@ -95,9 +97,9 @@ def reptile_loss(learner, meta_params: PyTree, task: Tasks, train_step: Any = 0
       Nichol, Achiam & Schulman (2018). On First-Order Meta-Learning Algorithms.
       https://arxiv.org/abs/1803.02999
     """
-    del train_step
+    del meta_step
     theta = meta_params["params"]
-    phi = learner.adapt(lax.stop_gradient(meta_params), task.x_support, task.y_support)
+    phi = learner.adapt(lax.stop_gradient(meta_params), task.x_support, task.y_support, key=key)
     loss = 0.5 * sum(jnp.sum(jnp.square(t - p)) for t, p in zip(jax.tree.leaves(theta), jax.tree.leaves(phi)))
     after = learner.scores(phi, task.x_query, task.y_query)
     return loss, with_before(learner, meta_params, task, after)
@@ -106,7 +108,7 @@ def reptile_loss(learner, meta_params: PyTree, task: Tasks, train_step: Any = 0
 def implicit_loss(lam: float, cg_steps: int) -> Objective:
     """iMAML's objective: the query loss at the proximal solution, differentiated implicitly.
 
-    The learner's inner loop must solve the proximal problem (``inner.proximal(rule, lam)``);
+    The learner's inner loop must solve the proximal problem (``optax.chain(inner.proximal(lam), optimiser)``);
     the meta-gradient is ``(I + H / lam)^{-1} grad L_q(phi)`` by ``cg_steps`` iterations of
     conjugate gradient (:func:`jmaml.core.implicit.implicit_adapt`).
 
@@ -115,10 +117,11 @@ def implicit_loss(lam: float, cg_steps: int) -> Objective:
       NeurIPS. https://arxiv.org/abs/1909.04630
     """
 
-    def objective(learner, meta_params, task, train_step=0):
-        del train_step
+    def objective(learner, meta_params, task, meta_step=0, key=None):
+        del meta_step
         support_loss = lambda p, x, y: learner.loss_fn(learner.apply_fn(p, x), y)  # noqa: E731
-        adapt = implicit_adapt(learner.adapt, support_loss, lam, cg_steps)
+        inner = learner.adapt if key is None else functools.partial(learner.adapt, key=key)
+        adapt = implicit_adapt(inner, support_loss, lam, cg_steps)
         after = learner.scores(adapt(meta_params, task.x_support, task.y_support), task.x_query, task.y_query)
         return after["loss"], with_before(learner, meta_params, task, after)
 

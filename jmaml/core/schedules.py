@@ -14,7 +14,7 @@ from jmaml.errors import JmamlError
 SCHEDULES = ("constant", "cosine")
 
 
-def msl_weights(inner_steps: int, anneal_steps: int, train_step: Any) -> jax.Array:
+def msl_weights(inner_steps: int, anneal_steps: int, meta_step: Any) -> jax.Array:
     """MAML++'s multi-step loss weights: the weight of the query loss after each inner step.
 
     They start uniform (``1 / K`` each) and move linearly to the last step over
@@ -27,7 +27,7 @@ def msl_weights(inner_steps: int, anneal_steps: int, train_step: Any) -> jax.Arr
     Args:
       inner_steps: K, the number of inner steps.
       anneal_steps: meta-steps over which the weights anneal.
-      train_step: the meta-step ``t`` (an integer or a traced scalar).
+      meta_step: the meta-step ``t`` (an integer or a traced scalar).
 
     Returns:
       A ``[K]`` vector of weights summing to one, in the default float type.
@@ -41,7 +41,7 @@ def msl_weights(inner_steps: int, anneal_steps: int, train_step: Any) -> jax.Arr
     final = jnp.zeros((k,), dtype).at[-1].set(1.0)
     if anneal_steps <= 0 or k == 1:
         return final
-    t = jnp.asarray(train_step, dtype)
+    t = jnp.asarray(meta_step, dtype)
     decay = 1.0 / k / anneal_steps
     floor = 0.03 / k
     early = jnp.maximum(1.0 / k - t * decay, floor)

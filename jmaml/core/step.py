@@ -36,27 +36,38 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, pa
     return TrainState(jnp.zeros((), jnp.int32), meta_params, optimizer.init(meta_params), key)
 
 
-def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, train_step: Any = 0,
-                  *, chunks: int = 1) -> tuple[tuple[jax.Array, dict], PyTree]:
+def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_step: Any = 0,
+                  *, key: jax.Array | None = None, chunks: int = 1) -> tuple[tuple[jax.Array, dict], PyTree]:
     """``((meta_loss, aux), meta_gradient)``, optionally over the meta-batch in ``chunks``.
 
     With ``chunks > 1`` the tasks are split into equal chunks whose gradients are accumulated
-    in a ``lax.scan``: the same result (the mean over all tasks), with the memory of one chunk.
+    in a ``lax.scan``: the same result (the mean over all tasks, each task with the same key
+    ``fold_in(key, i)`` as unchunked), with the memory of one chunk.
+
+    Args:
+      learner: the meta-learner.
+      meta_params: its meta-parameters.
+      tasks: the meta-batch.
+      meta_step: the meta-training step (see :meth:`~jmaml.core.learner.MetaLearner.meta_loss`).
+      key: PRNG key of the meta-batch, for minibatches (``inner_batch``).
+      chunks: number of equal chunks the meta-batch is split into.
     """
     grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
     if chunks == 1:
-        return grad_fn(meta_params, tasks, train_step)
+        return grad_fn(meta_params, tasks, meta_step, key=key)
     size = jnp.shape(tasks.x_support)[0]
     if size % chunks:
         raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {size} tasks")
     split = jax.tree.map(lambda a: a.reshape(chunks, size // chunks, *a.shape[1:]), tasks)
+    ids = jnp.arange(size).reshape(chunks, size // chunks)
 
     def add_chunk(total, chunk):
-        (loss, aux), grads = grad_fn(meta_params, chunk, train_step)
+        chunk, task_ids = chunk
+        (loss, aux), grads = grad_fn(meta_params, chunk, meta_step, key=key, task_ids=task_ids)
         return jax.tree.map(jnp.add, total, (loss, grads)), aux
 
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, meta_params))
-    (loss, grads), aux = jax.lax.scan(add_chunk, zero, split)
+    (loss, grads), aux = jax.lax.scan(add_chunk, zero, (split, ids))
     aux = jax.tree.map(lambda a: a.reshape(size, *a.shape[2:]), aux)
     return (loss / chunks, aux), jax.tree.map(lambda g: g / chunks, grads)
 
@@ -70,11 +81,16 @@ def make_train_step(
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``train_step(state, tasks=None, data=None) -> (state, metrics)``.
 
+    Each step splits ``state.key`` in three, ``next_key, sample_key, task_key =
+    jax.random.split(state.key, 3)``: ``next_key`` is the new state's key, ``sample_key`` draws the
+    meta-batch (when no tasks are passed in) and ``task_key`` is the meta-batch key of
+    :meth:`~jmaml.core.learner.MetaLearner.meta_loss` (task ``i`` uses ``fold_in(task_key, i)``).
+
     Args:
-      learner: the meta-learner.
+      learner: the meta-learner; with derivative-order annealing, one of ``learner.at_step(t)``.
       optimizer: any optax transformation; it sees the meta-gradient of ``meta_params``.
       sample_tasks: ``(key, data) -> Tasks``; when given, a step called without tasks samples
-        its own meta-batch from ``state.key`` and the device-resident ``data`` (e.g. all
+        its own meta-batch from ``sample_key`` and the device-resident ``data`` (e.g. all
         training images), inside the compiled program. ``data`` is an argument rather than
         a closed-over constant so that it is not baked into the compiled program.
       chunks: split the meta-batch into this many chunks and accumulate their gradients
@@ -85,10 +101,11 @@ def make_train_step(
     """
 
     def train_step(state: TrainState, tasks: Tasks | None = None, data: PyTree = None):
-        key, sample_key = jax.random.split(state.key)
+        key, sample_key, task_key = jax.random.split(state.key, 3)
         if tasks is None:
             tasks = sample_tasks(sample_key, data)
-        (loss, aux), grads = meta_gradient(learner, state.meta_params, tasks, state.step, chunks=chunks)
+        (loss, aux), grads = meta_gradient(learner, state.meta_params, tasks, state.step, key=task_key,
+                                           chunks=chunks)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
         metrics = {"meta_loss": loss, **{k: jnp.mean(v) for k, v in aux.items()}}
