@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from jmaml.experiment.configs import get_config
 from jmaml.errors import JmamlError
+from jmaml.experiment.configs import get_config
 from jmaml.experiment.train import train
 
 
@@ -15,12 +15,13 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture
-def cache(monkeypatch, data_root):
-    """A private default data root (and so a private resized-image cache) for these tests."""
+def cache(monkeypatch, data_root, cache_home):
+    """A private default data root, and the session's private per-user cache (with the resized Omniglot)."""
     monkeypatch.setenv("JMAML_DATA_DIR", str(data_root))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
 
 
-def test_short_omniglot_run_beats_chance(tmp_path, omniglot_dir, cache):
+def test_short_omniglot_run_beats_chance(tmp_path, omniglot_dir, omniglot, cache):
     # A tiny conv4 (8 filters) and 4 tasks per step keep this to about a minute on 2 CPU cores.
     cfg = get_config("omniglot-5w1s", {"steps": 150, "filters": 8, "meta_batch": 4, "eval_tasks": 200,
                                        "eval_batch": 100, "eval_max_steps": 3, "log_every": 50,
