@@ -22,9 +22,8 @@ def _find_omniglot() -> tuple[Path | None, list[Path]]:
     return None, looked
 
 
-@pytest.fixture(scope="session")
-def omniglot_dir() -> Path:
-    """The real Omniglot folder (read-only). Missing data skips the test, except under ``CI=true``, where it fails."""
+def require_omniglot() -> Path:
+    """The real Omniglot folder; missing data skips the calling test, except under ``CI=true``, where it fails."""
     folder, looked = _find_omniglot()
     if folder is None:
         msg = ("real Omniglot data not found (looked in " + ", ".join(map(str, looked)) + "): put "
@@ -34,6 +33,12 @@ def omniglot_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return folder
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    """The real Omniglot folder (read-only), see :func:`require_omniglot`."""
+    return require_omniglot()
 
 
 @pytest.fixture(scope="session")
