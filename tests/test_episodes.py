@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jmaml.core.types import Tasks
-from jmaml.data.episodes import (HostTaskIterator, host_sample_tasks, numpy_sample_tasks, sample_tasks,
-                                 validate_episode)
+from jmaml.data.episodes import as_float, host_sample_tasks, sample_tasks, validate_episode
 from jmaml.errors import JmamlError
 
 EPISODE = dict(ways=5, shots=2, queries=3, meta_batch=16)
@@ -57,7 +56,7 @@ def test_shapes_and_invariants_on_omniglot(train, omniglot):
         assert isinstance(tasks, Tasks)
         assert tasks.x_support.shape == (m, w * s, 28, 28, 1) and tasks.x_query.shape == (m, w * q, 28, 28, 1)
         assert tasks.y_support.shape == (m, w * s) and tasks.y_query.shape == (m, w * q)
-        assert tasks.x_support.dtype == jnp.float32
+        assert tasks.x_support.dtype == jnp.uint8  # gathered as stored; as_float converts after
         ids = host_sample_tasks(key, _ids(*train.shape[:2]), **ep)  # same key -> same indices
         _check_invariants(tasks, ids, w, s, q, m)
         # label-image consistency on the real pixels: each example is the image its ids point to
@@ -94,36 +93,30 @@ def test_jit_equals_host(train, omniglot):
             np.testing.assert_array_equal(np.asarray(x), y)
 
 
-def test_numpy_sampler_invariants():
-    ids = _ids(30, 20)
-    rng = np.random.default_rng(0)
-    for ep in (EPISODE, dict(ways=30, shots=5, queries=15, meta_batch=3)):
-        tasks = numpy_sample_tasks(rng, ids, **ep)
-        _check_invariants(tasks, tasks, ep["ways"], ep["shots"], ep["queries"], ep["meta_batch"])
+def test_as_float_scales_uint8_inside_jit(train, omniglot):
+    key = jax.random.key(4)
+    got = jax.jit(lambda k, x: as_float(sample_tasks(k, x, **EPISODE)))(key, train)
+    ref = host_sample_tasks(key, omniglot.train, **EPISODE)
+    for g, r in zip(got, ref):
+        if r.dtype == np.uint8:
+            assert g.dtype == jnp.float32
+            np.testing.assert_allclose(np.asarray(g), r.astype(np.float64) / 255, rtol=0, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(np.asarray(g), r)
+    assert 0.0 <= float(got.x_query.min()) and float(got.x_query.max()) == 1.0
+    floats = ref._replace(x_support=ref.x_support / 255.0, x_query=ref.x_query / 255.0)
+    assert as_float(floats).x_support is floats.x_support  # floating images pass unchanged
+    with pytest.raises(JmamlError, match="images must be uint8"):
+        as_float(ref._replace(x_support=ref.x_support.astype(np.int32)))
 
 
-def test_host_iterator(omniglot):
-    kw = dict(EPISODE, seed=5)
-    with HostTaskIterator(omniglot.train, num_batches=3, **kw) as it:
-        batches = list(it)
-    assert len(batches) == 3 and isinstance(batches[0].x_support, jax.Array)
-    assert batches[0].x_support.shape == (16, 10, 28, 28, 1)
-    with HostTaskIterator(omniglot.train, start=2, num_batches=1, prefetch=1, **kw) as it:
-        (resumed,) = list(it)
-    for x, y in zip(batches[2], resumed):  # batch i depends only on (seed, i): exact resume
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert not np.array_equal(np.asarray(batches[0].x_support), np.asarray(batches[1].x_support))
-    ids = _ids(*omniglot.train.shape[:2])
-    with HostTaskIterator(ids, num_batches=2, **kw) as it:
-        for tasks in it:
-            _check_invariants(tasks, tasks, 5, 2, 3, 16)
+def test_nothing_in_the_sampler_is_jitted():
+    """The caller jits: tracing the sampler leaves no nested jit of an episodes function in the program."""
+    import jmaml.data.episodes as episodes
 
-
-def test_host_iterator_close_stops_an_endless_stream():
-    it = HostTaskIterator(_ids(10, 20), ways=2, shots=1, queries=1, meta_batch=2, prefetch=1)
-    next(it), next(it)
-    it.close()
-    assert not it._thread.is_alive()
+    jaxpr = jax.make_jaxpr(lambda k, x: sample_tasks(k, x, **EPISODE))(jax.random.key(0), jnp.zeros((30, 20, 1)))
+    nested = {eqn.params.get("name") for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name in ("jit", "pjit")}
+    assert not nested & set(vars(episodes)), nested  # (jax.numpy's own jits, e.g. argsort, are fine)
 
 
 # ---------------------------------------------------------------- bad input
@@ -138,7 +131,8 @@ def test_shots_plus_queries_above_drawings(train):
     with pytest.raises(JmamlError, match=r"shots \+ queries = 5 \+ 16 = 21 is more than the 20 examples"):
         _jit_sample(ways=5, shots=5, queries=16, meta_batch=2)(jax.random.key(0), train)
     with pytest.raises(JmamlError, match=r"shots \+ queries = 5 \+ 16 = 21"):
-        HostTaskIterator(np.zeros((10, 20, 2, 2, 1)), ways=5, shots=5, queries=16, meta_batch=2)
+        host_sample_tasks(jax.random.key(0), np.zeros((10, 20, 2, 2, 1)), ways=5, shots=5, queries=16,
+                          meta_batch=2)
 
 
 def test_bad_sizes_listed_in_one_error():

@@ -1,5 +1,6 @@
-"""miniImageNet: both common formats (CSV + images/, pickle cache files) on tiny fixtures."""
+"""miniImageNet: both common formats (CSV + images/, pickle cache files) on tiny generated data sets."""
 
+import os
 import pickle
 
 import numpy as np
@@ -15,7 +16,9 @@ LABELS = ["n03017168", "n01532829", "n02110063"]  # deliberately unsorted
 
 @pytest.fixture(autouse=True)
 def _private_data_root(tmp_path, monkeypatch):
+    """Never touch the user's data or cache: both default roots are fresh temporary folders."""
     monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "root"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 def _images(seed, n=18):
@@ -47,63 +50,187 @@ def _write_pickle(folder, split, images, labels, per_class=6, seed=0):
     return images.reshape(len(labels), per_class, 84, 84, 3)[np.argsort(labels)]
 
 
+def _write_all(folder, fmt, seed=0, labels=(("a1", "a2", "a3"), ("b1", "b2"), ("c1",))):
+    """All three splits in one format; returns the expected arrays (classes sorted by label)."""
+    write = _write_csv_split if fmt == "csv" else _write_pickle
+    return [write(folder, split, _images(seed + i, 6 * len(labs)), list(labs))
+            for i, (split, labs) in enumerate(zip(mi.SPLITS, labels))]
+
+
+def _cache_names(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
 def test_csv_format_and_cache(tmp_path):
     want = _write_csv_split(tmp_path / "data", "val", _images(0), LABELS)
     got = mi.load_mini_imagenet_split("val", tmp_path / "data", strict=False, cache_dir=tmp_path / "c")
-    assert got.shape == (3, 6, 84, 84, 3) and got.dtype == np.uint8
-    np.testing.assert_array_equal(got, want)
-    cached = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert len(cached) == 1 and cached[0].startswith("mini_imagenet_val_") and cached[0].endswith(".npz")
-    (tmp_path / "data" / "val.csv").unlink()  # the second load reads only the cache
-    again = mi.load_mini_imagenet_split("val", tmp_path / "data", dtype="float32", strict=False,
-                                        cache_dir=tmp_path / "c")
-    assert again.dtype == np.float32 and again.min() >= 0 and again.max() <= 1
-    np.testing.assert_allclose(again, want / 255.0, atol=1e-6)
+    assert got.images.shape == (3, 6, 84, 84, 3) and got.images.dtype == np.uint8
+    np.testing.assert_array_equal(got.images, want)
+    assert got.labels.tolist() == sorted(LABELS)
+    (cached,) = _cache_names(tmp_path / "c")
+    assert cached.startswith("mini_imagenet-val.csv-") and cached.endswith(".npz")  # named by its source
+    assert got.summary == {"split": "val", "format": "csv", "source": str(tmp_path / "data" / "val.csv"),
+                           "classes": 3, "images": 18, "image_size": "84x84x3", "cache": "built",
+                           "cache_path": str(tmp_path / "c" / cached), "resized": {"count": 0, "sizes": {}}}
+    again = mi.load_mini_imagenet_split("val", tmp_path / "data", strict=False, cache_dir=tmp_path / "c")
+    assert again.summary["cache"] == "hit"
+    np.testing.assert_array_equal(again.images, want)
 
 
-def test_csv_images_of_other_sizes_are_resized(tmp_path):
+def test_csv_images_of_other_sizes_are_resized_and_counted(tmp_path):
     (tmp_path / "images").mkdir()
     rows = ["filename,label"]
     for i in range(4):
-        Image.fromarray(np.full((100, 120, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
-        rows.append(f"{i}.jpg,n0{i % 2}")
+        shape = (100, 120, 3) if i < 3 else (84, 84, 3)
+        Image.fromarray(np.full(shape, 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        rows.append(f"{i}.png,n0{i % 2}")
     (tmp_path / "test.csv").write_text("\n".join(rows))
-    got = mi.load_mini_imagenet_split("test", tmp_path, strict=False, cache_dir=tmp_path / "c")
-    assert got.shape == (2, 2, 84, 84, 3)
-    assert abs(int(got[1, 1].mean()) - 120) <= 2  # image 3 (label n01, second), value 120
+    for status in ("built", "hit"):  # the cache remembers what was resized
+        got = mi.load_mini_imagenet_split("test", tmp_path, strict=False, cache_dir=tmp_path / "c")
+        assert got.images.shape == (2, 2, 84, 84, 3)
+        assert abs(int(got.images[1, 0].mean()) - 40) <= 2  # image 1 (label n01, first), value 40
+        assert got.summary["cache"] == status
+        assert got.summary["resized"] == {"count": 3, "sizes": {"120x100": 3}}
 
 
 def test_pickle_format(tmp_path):
     want = _write_pickle(tmp_path / "data", "train", _images(1), LABELS)
     got = mi.load_mini_imagenet_split("train", tmp_path / "data", strict=False, cache_dir=tmp_path / "c")
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got.images, want)
+    assert got.summary["format"] == "pickle" and got.summary["classes"] == 3 and got.summary["images"] == 18
+    assert _cache_names(tmp_path / "c")[0].startswith("mini_imagenet-mini-imagenet-cache-train.pkl-")
 
 
-def test_all_splits_mixed_formats(tmp_path):
-    d = tmp_path / "data"
-    want = [_write_pickle(d, "train", _images(2), LABELS),
-            _write_csv_split(d, "val", _images(3, 12), ["b", "a"]),
-            _write_csv_split(d, "test", _images(4, 6), ["z"])]
-    got = mi.load_mini_imagenet(d, strict=False, cache_dir=tmp_path / "c")
+@pytest.mark.parametrize("fmt", ["csv", "pickle"])
+def test_all_splits_summary_keep_and_place(tmp_path, fmt):
+    want = _write_all(tmp_path / "data", fmt)
+    got = mi.load_mini_imagenet(tmp_path / "data", strict=False, cache_dir=tmp_path / "c")
     assert isinstance(got, mi.MiniImageNetSplits)
-    for g, w in zip(got, want):
+    for g, w in zip(got[:3], want):
         np.testing.assert_array_equal(g, w)
+    assert [(d["split"], d["format"], d["classes"], d["cache"]) for d in got.summary] == [
+        ("train", fmt, 3, "built"), ("val", fmt, 2, "built"), ("test", fmt, 1, "built")]
+    placed = []
+    kept = mi.load_mini_imagenet(tmp_path / "data", strict=False, cache_dir=tmp_path / "c", keep=("train", "test"),
+                                 place=lambda x: placed.append(x.shape) or "on device")
+    assert kept.train == "on device" and kept.test == "on device" and kept.val is None
+    assert sorted(placed) == sorted([want[0].shape, want[2].shape])
+    assert [d["cache"] for d in kept.summary] == ["hit"] * 3 and kept.summary[1]["classes"] == 2
+
+
+def test_data_root_or_dataset_folder(tmp_path, monkeypatch):
+    want = _write_all(tmp_path / "root" / "mini_imagenet", "pickle")  # JMAML_DATA_DIR = tmp_path / "root"
+    for data_dir in (None, tmp_path / "root", tmp_path / "root" / "mini_imagenet"):
+        got = mi.load_mini_imagenet_split("test", data_dir, strict=False)
+        np.testing.assert_array_equal(got.images, want[2])
+    # the default cache is the per-user cache, not the data folder
+    assert got.summary["cache_path"].startswith(str(tmp_path / "xdg" / "jmaml" / "mini_imagenet"))
+    assert not any(p.suffix == ".npz" for p in (tmp_path / "root").rglob("*"))
+
+
+def test_cache_files_follow_the_umask(tmp_path):
+    _write_pickle(tmp_path, "val", _images(2), LABELS)
+    old = os.umask(0o027)
+    try:
+        got = mi.load_mini_imagenet_split("val", tmp_path, strict=False, cache_dir=tmp_path / "c")
+    finally:
+        os.umask(old)
+    assert os.stat(got.summary["cache_path"]).st_mode & 0o777 == 0o640
+
+
+# ---------------------------------------------------------------- what a researcher gets wrong
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pickle"])
+def test_overlapping_splits_are_an_error(tmp_path, fmt):
+    _write_all(tmp_path, fmt, labels=(("n01", "n02", "n03"), ("n04", "n05"), ("n02",)))
+    with pytest.raises(JmamlError, match=r"miniImageNet splits overlap: class n02 is in both train and test "
+                                         r"\(1 shared classes\)"):
+        mi.load_mini_imagenet(tmp_path, strict=False, cache_dir=tmp_path / "c")
+    if fmt == "csv":
+        assert not (tmp_path / "c").exists()  # found from the CSVs, before anything is converted
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pickle"])
+def test_changed_split_with_old_dates_is_seen(tmp_path, fmt):
+    d = tmp_path / "data"
+    first = _write_all(d, fmt)
+    got = mi.load_mini_imagenet(d, strict=False, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(got.test, first[2])
+    source = d / ("test.csv" if fmt == "csv" else "mini-imagenet-cache-test.pkl")
+    stat = source.stat()
+    write = _write_csv_split if fmt == "csv" else _write_pickle
+    second = write(d, "test", _images(99, 6), ["c9"])  # another split, unpacked with the old dates
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    got = mi.load_mini_imagenet(d, strict=False, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(got.test, second)
+    assert [s["cache"] for s in got.summary] == ["hit", "hit", "built"]
+    assert len(_cache_names(tmp_path / "c")) == 4  # each cache named by its source's digest
+    if fmt == "csv":  # an image replaced inside images/, with the old date, is seen too
+        image = d / "images" / "c900000002.png"
+        stat = image.stat()
+        Image.fromarray(np.full((84, 84, 3), 7, np.uint8)).save(image)
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        got = mi.load_mini_imagenet_split("test", d, strict=False, cache_dir=tmp_path / "c")
+        assert got.summary["cache"] == "built" and (got.images[0, 2] == 7).all()
+
+
+def test_both_formats_in_one_folder(tmp_path):
+    want_csv = _write_all(tmp_path, "csv", seed=0)
+    want_pkl = _write_all(tmp_path, "pickle", seed=10)
+    with pytest.raises(JmamlError, match=r"holds both the CSV layout \(train\.csv, val\.csv, test\.csv\) and the "
+                                         r"pickles \(mini-imagenet-cache-train\.pkl, .*data_format='csv'"):
+        mi.load_mini_imagenet(tmp_path, strict=False, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    for fmt, want in (("csv", want_csv), ("pickle", want_pkl)):
+        got = mi.load_mini_imagenet(tmp_path, data_format=fmt, strict=False, cache_dir=tmp_path / "c")
+        np.testing.assert_array_equal(got.train, want[0])
+        assert {s["format"] for s in got.summary} == {fmt}
+    # one split in each format is refused as well
+    (tmp_path / "val.csv").unlink()
+    with pytest.raises(JmamlError, match="holds both"):
+        mi.load_mini_imagenet_split("train", tmp_path, strict=False)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pickle"])
+def test_missing_or_broken_validation_split_is_reported_first(tmp_path, fmt):
+    _write_all(tmp_path, fmt)
+    val = tmp_path / ("val.csv" if fmt == "csv" else "mini-imagenet-cache-val.pkl")
+    val.unlink()
+    with pytest.raises(JmamlError, match=rf"has no {val.name} \(the val split, {fmt} format\)"):
+        mi.load_mini_imagenet(tmp_path, strict=False, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # train was not converted first
+    if fmt == "pickle":
+        data = (tmp_path / "mini-imagenet-cache-test.pkl").read_bytes()
+        val.write_bytes(data[: len(data) // 2])
+        with pytest.raises(JmamlError, match=r"mini-imagenet-cache-val\.pkl: truncated"):
+            mi.load_mini_imagenet(tmp_path, strict=False, cache_dir=tmp_path / "c")
+        val.write_bytes(b"")
+        with pytest.raises(JmamlError, match=r"mini-imagenet-cache-val\.pkl: empty"):
+            mi.load_mini_imagenet(tmp_path, strict=False, cache_dir=tmp_path / "c")
+        assert not (tmp_path / "c").exists()
 
 
 def test_strict_counts(tmp_path):
     _write_pickle(tmp_path, "test", _images(5), LABELS)
     with pytest.raises(JmamlError, match=r"test has 3 classes x 6 images, the Ravi & Larochelle split "
-                                          r"has 20 x 600; pass strict=False"):
+                                         r"has 20 x 600; pass strict=False"):
         mi.load_mini_imagenet_split("test", tmp_path, cache_dir=tmp_path / "c")
+    _write_csv_split(tmp_path / "csv", "test", _images(5), LABELS)
+    with pytest.raises(JmamlError, match=r"test has 3 classes x 6 images"):
+        mi.load_mini_imagenet_split("test", tmp_path / "csv", cache_dir=tmp_path / "c2")
+    assert not (tmp_path / "c2").exists()  # CSV counts are checked before converting
 
 
 def test_missing_folder_and_files(tmp_path):
     with pytest.raises(JmamlError, match=r"miniImageNet folder .*nothere does not exist; miniImageNet "
-                                          r"has no free download"):
+                                         r"has no free download"):
         mi.load_mini_imagenet_split("train", tmp_path / "nothere")
     (tmp_path / "d").mkdir()
-    with pytest.raises(JmamlError, match=r"has no mini-imagenet-cache-val\.pkl and no val\.csv"):
+    with pytest.raises(JmamlError, match=r"has no val\.csv \(the val split, csv format\)"):
         mi.load_mini_imagenet_split("val", tmp_path / "d")
+    with pytest.raises(JmamlError, match=r"3 miniImageNet splits are missing or broken: .*train\.csv.*\| .*val\.csv"):
+        mi.load_mini_imagenet(tmp_path / "d")
 
 
 def test_missing_image_and_unequal_classes(tmp_path):
@@ -122,7 +249,7 @@ def test_bad_pickles(tmp_path):
     _write_pickle(tmp_path, "train", _images(7), LABELS)
     pkl = tmp_path / "mini-imagenet-cache-train.pkl"
     data = pkl.read_bytes()
-    pkl.write_bytes(data[: len(data) // 2])
+    pkl.write_bytes(data[: len(data) // 2] + b".")  # truncated, yet ending like a pickle
     with pytest.raises(JmamlError, match=r"mini-imagenet-cache-train\.pkl: cannot unpickle it"):
         mi.load_mini_imagenet_split("train", tmp_path, strict=False, cache_dir=tmp_path / "c")
     with open(pkl, "wb") as f:
@@ -139,5 +266,5 @@ def test_bad_pickles(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(JmamlError, match="unknown miniImageNet split 'valid'"):
         mi.load_mini_imagenet_split("valid", tmp_path)
-    with pytest.raises(JmamlError, match="dtype must be 'uint8' or 'float32', got 'float16'"):
-        mi.load_mini_imagenet_split("val", tmp_path, dtype="float16")
+    with pytest.raises(JmamlError, match="unknown miniImageNet data_format 'jpeg'; use one of csv, pickle"):
+        mi.load_mini_imagenet_split("val", tmp_path, data_format="jpeg")

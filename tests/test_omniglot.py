@@ -10,14 +10,16 @@ import pytest
 from PIL import Image
 
 from jmaml.data import omniglot as og
+from jmaml.data import omniglot_archive as oa
 from jmaml.data import paths
 from jmaml.errors import JmamlError
 
 
 @pytest.fixture(autouse=True)
 def _private_data_root(tmp_path, monkeypatch):
-    """Never touch the user's cache: the default data root is a fresh temporary folder."""
+    """Never touch the user's data or cache: both default roots are fresh temporary folders."""
     monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "root"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 # ---------------------------------------------------------------- the protocol on the real data
@@ -27,11 +29,26 @@ def test_split_sizes_shapes_and_range(omniglot):
     assert omniglot.train.shape == (4800, 20, 28, 28, 1)
     assert omniglot.test.shape == (1692, 20, 28, 28, 1)
     assert omniglot.val.shape == (0, 20, 28, 28, 1)
-    for a in omniglot:
-        assert a.dtype == np.float32
+    for a in omniglot[:3]:
+        assert a.dtype == np.uint8  # 4x smaller than float32 on the host and the device
     for a in (omniglot.train, omniglot.test):
-        assert a.min() == 0.0 and a.max() == 1.0
-        assert 0.02 < a.mean() < 0.2  # ink = 1 is the minority (about 8% at 105x105)
+        assert a.min() == 0 and a.max() == 255
+        assert 0.02 < a.mean() / 255 < 0.2  # ink = 255 is the minority (about 8% at 105x105)
+    assert [d["classes"] for d in omniglot.summary] == [4800, 0, 1692]
+    assert [d["images"] for d in omniglot.summary] == [96000, 0, 33840]
+    assert {(d["format"], d["image_size"], d["resized"]["count"]) for d in omniglot.summary} == {
+        ("omniglot-packed", "28x28x1", 0)}
+
+
+def test_uint8_is_the_quantised_box_filter(omniglot_dir, omniglot):
+    """The cached uint8 characters are round(255 * box-filtered ink), checked on a few real characters."""
+    ink = oa.read_packed(omniglot_dir / "background.npz")[:5]
+    want = np.rint(og.resize_images(ink, 28, "box") * 255).astype(np.uint8)
+    cache_dir = Path(omniglot.summary[0]["cache_path"]).parent
+    chars = og.load_characters(omniglot_dir, download=False, cache_dir=cache_dir)
+    assert chars.cached.status == "hit"
+    np.testing.assert_array_equal(chars.images[:5], want)
+    assert list(chars.names[:2]) == ["Alphabet_of_the_Magi/character01", "Alphabet_of_the_Magi/character02"]
 
 
 def test_rotations_rotate(omniglot):
@@ -43,23 +60,100 @@ def test_rotations_rotate(omniglot):
     np.testing.assert_array_equal(t[1], np.rot90(t[0]))
 
 
-def test_cache_is_used_and_other_seeds_split_disjointly(omniglot, omniglot_cache, tmp_path):
-    # The first load wrote the cache; with it, the default folder needs no packed file any more.
-    assert [p.name for p in omniglot_cache.iterdir()] == ["omniglot_28px_box_v1.npz"]
-    again = og.load_omniglot(None, cache_dir=omniglot_cache, download=False)
-    np.testing.assert_array_equal(again.test, omniglot.test)
-    # but a folder named explicitly must hold the data: a wrong path is an error, not the cache
+def test_cache_is_keyed_on_content_and_other_seeds_split_disjointly(omniglot, omniglot_dir, omniglot_cache,
+                                                                    tmp_path, monkeypatch):
+    (cache,) = omniglot_cache.iterdir()  # named by its source, size, filter and the files' digest
+    assert cache.name.startswith("omniglot-28px-box-") and cache.suffix == ".npz"
+    assert omniglot.summary[0]["cache_path"] == str(cache)
+    # the data root holding omniglot/ names the same data as the Omniglot folder itself, as the
+    # argument and as JMAML_DATA_DIR
+    monkeypatch.setenv(paths.ENV_VAR, str(omniglot_dir.parent))
+    for data_dir in (omniglot_dir.parent, None):
+        again = og.load_omniglot(data_dir, cache_dir=omniglot_cache, download=False)
+        np.testing.assert_array_equal(again.test, omniglot.test)
+        assert [d["cache"] for d in again.summary] == ["hit"] * 3
+    # a folder named explicitly must hold the data: a wrong path is an error, not the cache
     with pytest.raises(JmamlError, match="nowhere does not exist"):
         og.load_omniglot(tmp_path / "nowhere", cache_dir=omniglot_cache, download=False)
     other = og.load_omniglot(None, cache_dir=omniglot_cache, download=False, seed=1, val_classes=400)
-    assert [len(a) for a in other] == [4400, 400, 1692]
+    assert [len(a) for a in other[:3]] == [4400, 400, 1692]
     assert not np.array_equal(other.test[:4], omniglot.test[:4])
+    assert len(list(omniglot_cache.iterdir())) == 1  # one cache serves every seed and validation size
+
+
+def _copy_real(omniglot_dir, folder):
+    folder.mkdir(parents=True)
+    for split in oa.SPLITS:
+        (folder / f"{split}.npz").write_bytes((omniglot_dir / f"{split}.npz").read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["flipped pixel", "truncated", "zero bytes"])
+def test_changed_or_corrupt_source_with_a_warm_cache_and_old_dates(tmp_path, omniglot_dir, damage):
+    data = _copy_real(omniglot_dir, tmp_path / "data")
+    cache_dir = tmp_path / "c"
+    og.load_characters(data, cache_dir=cache_dir, download=False)
+    (built,) = cache_dir.iterdir()
+    bg = data / "background.npz"
+    stat = bg.stat()
+    if damage == "flipped pixel":
+        a = _real_arrays(omniglot_dir)
+        a["images_packed"] = a["images_packed"].copy()
+        a["images_packed"][7, 100] ^= 4
+        with open(bg, "wb") as f:
+            np.savez(f, **a)
+    else:
+        bg.write_bytes(bg.read_bytes()[: stat.st_size // 2] if damage == "truncated" else b"")
+    os.utime(bg, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as after `cp -p` / `tar -x`: old dates
+    expect = "sha256 mismatch" if damage == "flipped pixel" else "cannot read it as .npz"
+    with pytest.raises(JmamlError, match=rf"background\.npz: {expect}"):
+        og.load_characters(data, cache_dir=cache_dir, download=False)
+    assert list(cache_dir.iterdir()) == [built]  # the old cache is not served, and nothing new is written
+
+
+def test_cache_files_follow_the_umask(tmp_path, omniglot_dir):
+    old = os.umask(0o022)
+    try:
+        chars = og.load_characters(omniglot_dir, cache_dir=tmp_path / "c", download=False)
+    finally:
+        os.umask(old)
+    assert chars.cached.status == "built"
+    assert chars.cached.path.stat().st_mode & 0o777 == 0o644
+
+
+def test_default_cache_is_the_per_user_cache_not_the_data_folder(tmp_path, omniglot_dir, monkeypatch):
+    data = _copy_real(omniglot_dir, tmp_path / "root" / "omniglot")  # JMAML_DATA_DIR = tmp_path / "root"
+    chars = og.load_characters(None, download=False)
+    assert chars.source == data and chars.cached.status == "built"
+    assert chars.cached.path.parent == tmp_path / "xdg" / "jmaml" / "omniglot"
+    assert sorted(p.name for p in data.iterdir()) == ["background.npz", "evaluation.npz"]
+
+
+def test_overlapping_characters_are_an_error():
+    ids = np.zeros((1623, 20, 2, 2), np.uint8)
+    ids[:, :, 0, 0] = (np.arange(1623) % 256)[:, None]  # distinct drawings per character
+    ids[:, :, 1, 1] = (np.arange(1623) // 256)[:, None]
+    names = np.asarray([f"A{i // 20}/character{i % 20 + 1:02d}" for i in range(1623)])
+    og.split_characters(ids, names=names)  # the real protocol is disjoint
+    perm = np.random.default_rng(0).permutation(1623)
+    train_char, test_char = perm[0], perm[1300]
+    dup = names.copy()
+    dup[test_char] = names[train_char]  # e.g. evaluation.npz holding a background character
+    with pytest.raises(JmamlError, match=rf"Omniglot splits overlap: character {names[train_char]} "
+                                         rf"\(#{train_char}\) in train and character {names[train_char]} "
+                                         rf"\(#{test_char}\) in test have the same name"):
+        og.split_characters(ids, names=dup)
+    same = ids.copy()
+    same[test_char] = ids[train_char]
+    with pytest.raises(JmamlError, match=rf"character #{train_char} in train and character #{test_char} in "
+                                         "test have identical drawings"):
+        og.split_characters(same)
 
 
 def test_split_characters_protocol():
     ids = np.broadcast_to(np.arange(1623, dtype=np.int32)[:, None, None, None], (1623, 20, 2, 2))
     s = og.split_characters(ids, seed=0, val_classes=400)
-    chars = [set(a[::4, 0, 0, 0, 0].tolist()) for a in s]
+    chars = [set(a[::4, 0, 0, 0, 0].tolist()) for a in s[:3]]
     assert [len(c) for c in chars] == [1100, 100, 423]
     assert set().union(*chars) == set(range(1623))
     assert sum(len(c) for c in chars) == 1623  # disjoint
@@ -124,7 +218,7 @@ def test_checksum_mismatch(tmp_path, omniglot_dir):
         og.load_omniglot(tmp_path / "data", cache_dir=tmp_path / "cache", download=False)
     msg = str(e.value)
     assert "background.npz: sha256 mismatch for Omniglot background" in msg
-    assert og.FILE_SHA256["background"] in msg and og.CONTENT_SHA256["background"] in msg
+    assert oa.FILE_SHA256["background"] in msg and oa.CONTENT_SHA256["background"] in msg
     assert "delete" in msg and "download=True" in msg
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -132,7 +226,7 @@ def test_checksum_mismatch(tmp_path, omniglot_dir):
 def test_rebuilt_file_with_same_content_is_accepted(tmp_path, omniglot_dir):
     a = _real_arrays(omniglot_dir, "evaluation")
     np.savez(tmp_path / "evaluation.npz", **a)  # a rebuild: other file hash, same content
-    images = og.read_packed(tmp_path / "evaluation.npz")
+    images = oa.read_packed(tmp_path / "evaluation.npz")
     assert images.shape == (659, 20, 105, 105) and images.dtype == np.uint8
 
 
@@ -140,13 +234,13 @@ def test_truncated_packed_file(tmp_path, omniglot_dir):
     data = (omniglot_dir / "evaluation.npz").read_bytes()
     (tmp_path / "evaluation.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(JmamlError, match=r"evaluation\.npz: cannot read it as \.npz"):
-        og.read_packed(tmp_path / "evaluation.npz")
+        oa.read_packed(tmp_path / "evaluation.npz")
 
 
 def test_wrong_keys(tmp_path):
     np.savez(tmp_path / "background.npz", images=np.zeros(3))
     with pytest.raises(JmamlError, match=r"not a packed Omniglot file, keys \['alphabet'"):
-        og.read_packed(tmp_path / "background.npz", verify=False)
+        oa.read_packed(tmp_path / "background.npz", verify=False)
 
 
 # ---------------------------------------------------------------- archives: conversion, download
@@ -181,15 +275,15 @@ def test_convert_zip_reproduces_packed_rows(tmp_path, omniglot_dir):
     chars, want, full = _real_subset(omniglot_dir)
     chars = chars[::-1]  # member order in the archive must not matter
     z = _write_zip(tmp_path / "images_background.zip", "background", chars)
-    out = og.convert_omniglot_zip(z, tmp_path / "out" / "background.npz")
+    out = oa.convert_omniglot_zip(z, tmp_path / "out" / "background.npz")
     with np.load(out) as d:
-        assert sorted(d.files) == sorted(og.KEYS)
+        assert sorted(d.files) == sorted(oa.KEYS)
         for k in ("images_packed", "char_in_alphabet", "drawing", "orig_id"):
             np.testing.assert_array_equal(d[k], want[k], err_msg=k)
         np.testing.assert_array_equal(d["character"], np.repeat(np.arange(4), 20))
         assert list(d["alphabets"]) == list(full["alphabets"][:2]) and str(d["split"]) == "background"
         assert d["image_shape"].tolist() == [105, 105] and d["image_shape"].dtype == np.int16
-    images = og.read_packed(out, verify=False)
+    images = oa.read_packed(out, verify=False)
     assert images.shape == (4, 20, 105, 105)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["background.npz"]
 
@@ -201,24 +295,24 @@ def test_download_and_convert_tiny_archives(tmp_path):
         made[split] = [(n, c, 10 * i + c, rng.random((20, 105, 105)) < 0.1)
                        for i, n in enumerate(names) for c in (1, 2, 3)]
         urls[split] = _write_zip(tmp_path / f"src_{split}.zip", split, made[split]).as_uri()
-    got = og.fetch_omniglot(tmp_path / "data", urls=urls)
+    got = oa.fetch_omniglot(tmp_path / "data", urls=urls)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
         "background.npz", "evaluation.npz", "images_background.zip", "images_evaluation.zip"]
     for split, chars in made.items():
         want = sorted(chars, key=lambda c: (c[0], c[1]))  # rows sorted by alphabet, then character
-        np.testing.assert_array_equal(og.read_packed(got[split], verify=False),
+        np.testing.assert_array_equal(oa.read_packed(got[split], verify=False),
                                       np.stack([c[3] for c in want]).astype(np.uint8))
     with pytest.raises(JmamlError, match="sha256 mismatch for Omniglot background"):
-        og.read_packed(got["background"])  # tiny archives are not the real data
+        oa.read_packed(got["background"])  # tiny archives are not the real data
 
 
 def test_no_network(tmp_path):
-    urls = {s: f"http://127.0.0.1:9/images_{s}.zip" for s in og.SPLITS}
+    urls = {s: f"http://127.0.0.1:9/images_{s}.zip" for s in oa.SPLITS}
     with pytest.raises(JmamlError) as e:
-        og.fetch_omniglot(tmp_path / "data", urls=urls)
+        oa.fetch_omniglot(tmp_path / "data", urls=urls)
     msg = str(e.value)
     assert "could not download http://127.0.0.1:9/images_background.zip" in msg
-    assert og.URLS["background"] in msg and og.URLS["evaluation"] in msg and "by hand" in msg
+    assert oa.URLS["background"] in msg and oa.URLS["evaluation"] in msg and "by hand" in msg
     assert list((tmp_path / "data").iterdir()) == []  # no partial download left
 
 
@@ -228,7 +322,7 @@ def test_corrupt_archive_leaves_nothing(tmp_path, omniglot_dir):
     data = z.read_bytes()
     (tmp_path / "truncated.zip").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(JmamlError, match=r"images_background\.zip: corrupt or truncated Omniglot archive"):
-        og.fetch_omniglot(tmp_path / "data", urls={"background": (tmp_path / "truncated.zip").as_uri()})
+        oa.fetch_omniglot(tmp_path / "data", urls={"background": (tmp_path / "truncated.zip").as_uri()})
     assert list((tmp_path / "data").iterdir()) == []  # the bad download is deleted, no npz, no temp
 
 
@@ -238,7 +332,7 @@ def test_archive_with_missing_member_leaves_nothing(tmp_path, omniglot_dir):
     drop = f"images_background/{alphabet}/character{num:02d}/{oid:04d}_07.png"
     z = _write_zip(tmp_path / "partial.zip", "background", chars, drop=drop)
     with pytest.raises(JmamlError, match=rf"{alphabet}/character01 has drawings \[1, 2, 3, 4, 5, 6, 8,"):
-        og.fetch_omniglot(tmp_path / "data", urls={"background": z.as_uri()})
+        oa.fetch_omniglot(tmp_path / "data", urls={"background": z.as_uri()})
     assert list((tmp_path / "data").iterdir()) == []
 
 
@@ -246,7 +340,7 @@ def test_archive_with_wrong_structure(tmp_path):
     with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as zf:
         zf.writestr("omniglot/a/b.png", b"x")
     with pytest.raises(JmamlError, match=r"unexpected members such as 'omniglot/a/b\.png'"):
-        og.convert_omniglot_zip(tmp_path / "images_background.zip", tmp_path / "background.npz")
+        oa.convert_omniglot_zip(tmp_path / "images_background.zip", tmp_path / "background.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images_background.zip"]
 
 
@@ -260,7 +354,7 @@ def test_failed_write_leaves_nothing(tmp_path, omniglot_dir, monkeypatch):
 
     monkeypatch.setattr(np, "savez_compressed", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        og.convert_omniglot_zip(z, tmp_path / "out" / "background.npz")
+        oa.convert_omniglot_zip(z, tmp_path / "out" / "background.npz")
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -8,8 +8,10 @@ Per task: ``ways`` distinct classes; per class ``shots + queries`` distinct draw
 * :func:`sample_tasks` is a pure ``jax.random`` function for data on the device, to call inside the
   jitted train step (no host round-trip per step).
 * :func:`host_sample_tasks` gives exactly the same tasks for the same key from a host numpy array.
-* :class:`HostTaskIterator` is the fallback for data too large for the device: numpy sampling in a
-  background thread, prefetched and ``jax.device_put``.
+* :func:`as_float` turns uint8 images (how data sets are kept, on the host and on the device) into
+  float32 in [0, 1] after the gather, inside the caller's jitted step.
+
+Nothing here is jitted; the caller jits the step that samples.
 
 References:
   Vinyals et al., "Matching Networks for One Shot Learning", NeurIPS 2016 (episodic training);
@@ -18,9 +20,6 @@ References:
 
 from __future__ import annotations
 
-import functools
-import queue
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +94,6 @@ def _top_indices(keys: jax.Array, k: int) -> jax.Array:
     return jnp.moveaxis(idx, 0, -1)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
 def _task_indices(key: jax.Array, num_classes: int, drawings: int, ways: int, per_class: int,
                   meta_batch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Indices of a batch: classes ``[B, ways]``, drawings ``[B, ways, per_class]``, labels ``[B, ways]``.
@@ -188,136 +186,24 @@ def host_sample_tasks(key: jax.Array, images: np.ndarray, *, ways: int, shots: i
     return _assemble(np, images, *(np.asarray(i) for i in idx), shots)
 
 
-def numpy_sample_tasks(rng: np.random.Generator, images: np.ndarray, *, ways: int, shots: int,
-                       queries: int, meta_batch: int) -> Tasks:
-    """Sample tasks with a numpy generator (same invariants as :func:`sample_tasks`, other draws).
+def as_float(tasks: Tasks, dtype: Any = jnp.float32) -> Tasks:
+    """Tasks with uint8 images (0..255) scaled to ``dtype`` in [0, 1]; floating images pass unchanged.
+
+    Keeping images uint8 until after the gather keeps a data set 4x smaller on the device; call this
+    on the sampled batch inside the jitted step.
 
     Args:
-      rng: the numpy random generator.
-      images: numpy ``[classes, examples_per_class, H, W, C]``.
-      ways: classes per task.
-      shots: support examples per class.
-      queries: query examples per class.
-      meta_batch: tasks in the batch.
+      tasks: :class:`~jmaml.core.types.Tasks` from :func:`sample_tasks` (or the host samplers).
+      dtype: the floating dtype of the result.
 
     Returns:
-      :class:`~jmaml.core.types.Tasks` of numpy arrays.
-
-    Raises:
-      JmamlError: when the episode does not fit the data.
-
-    References:
-      Vinyals et al., NeurIPS 2016.
+      :class:`~jmaml.core.types.Tasks` with ``x_support`` and ``x_query`` of ``dtype`` (labels unchanged).
     """
-    _validate_images(images.shape, ways, shots, queries, meta_batch)
-    num_classes, drawings = images.shape[:2]
-    classes = rng.random((meta_batch, num_classes)).argpartition(ways - 1, axis=1)[:, :ways]
-    picks = rng.random((meta_batch, ways, drawings)).argsort(axis=2)[:, :, :shots + queries]
-    labels = rng.random((meta_batch, ways)).argsort(axis=1)
-    return _assemble(np, images, classes, picks, labels, shots)
+    def convert(x):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if x.dtype != jnp.uint8:
+            raise JmamlError(f"images must be uint8 (0..255) or floating, got {x.dtype}")
+        return x.astype(dtype) * jnp.asarray(1 / 255, dtype)
 
-
-_DONE = object()
-
-
-class HostTaskIterator:
-    """Batches of tasks sampled on the host in a background thread, prefetched onto the device.
-
-    Batch ``i`` is drawn with ``np.random.default_rng((seed, i))``, so a run resumes exactly by
-    passing ``start=i`` (e.g. the step saved in a checkpoint).
-
-    Example::
-
-      with HostTaskIterator(train_images, ways=5, shots=1, queries=15, meta_batch=32) as it:
-          for step, tasks in zip(range(1000), it):
-              state = train_step(state, tasks)
-
-    Args:
-      images: numpy ``[classes, examples_per_class, H, W, C]``.
-      ways: classes per task.
-      shots: support examples per class.
-      queries: query examples per class.
-      meta_batch: tasks per batch.
-      seed: seed of the stream.
-      start: index of the first batch.
-      num_batches: stop after this many batches (default: never).
-      prefetch: batches kept ready ahead of the consumer.
-      device: a ``jax.Device`` or ``jax.sharding.Sharding`` for ``jax.device_put``; None = default.
-
-    Raises:
-      JmamlError: when the episode does not fit the data (at construction).
-
-    References:
-      Vinyals et al., NeurIPS 2016.
-    """
-
-    def __init__(self, images: np.ndarray, *, ways: int, shots: int, queries: int, meta_batch: int,
-                 seed: int = 0, start: int = 0, num_batches: int | None = None, prefetch: int = 2,
-                 device: Any = None) -> None:
-        self._images = np.asarray(images)
-        _validate_images(self._images.shape, ways, shots, queries, meta_batch)
-        if prefetch < 1:
-            raise JmamlError(f"prefetch must be >= 1, got {prefetch}")
-        self._sizes = dict(ways=ways, shots=shots, queries=queries, meta_batch=meta_batch)
-        self._seed, self._next, self._stop_at = seed, start, None
-        if num_batches is not None:
-            self._stop_at = start + num_batches
-        self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def batch(self, index: int) -> Tasks:
-        """Batch ``index`` of the stream, as numpy arrays, sampled synchronously."""
-        rng = np.random.default_rng((self._seed, index))
-        return numpy_sample_tasks(rng, self._images, **self._sizes)
-
-    def _produce(self) -> None:
-        i = self._next
-        try:
-            while not self._stop.is_set() and (self._stop_at is None or i < self._stop_at):
-                item = jax.device_put(self.batch(i), self._device)
-                i += 1
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            item = _DONE
-        except BaseException as e:  # handed to the consumer, re-raised there
-            item = e
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def __iter__(self) -> HostTaskIterator:
-        return self
-
-    def __next__(self) -> Tasks:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._produce, name="jmaml-host-tasks", daemon=True)
-            self._thread.start()
-        item = self._queue.get()
-        if item is _DONE:
-            self._queue.put(_DONE)
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self._queue.put(item)
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop the background thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> HostTaskIterator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return tasks._replace(x_support=convert(tasks.x_support), x_query=convert(tasks.x_query))

@@ -1,23 +1,22 @@
 """Omniglot in the few-shot protocol of Vinyals et al. (2016), as used by MAML.
 
-Three stages, each a plain function:
+Over the two packed files of :mod:`jmaml.data.omniglot_archive`, in three plain steps:
 
-1. Raw data: the two packed files ``background.npz`` and ``evaluation.npz`` (1623 characters x 20
-   drawings, 105x105, ``images_packed`` bits with ink = 1; layout in ``shared/data/omniglot/README.md``)
-   in a data folder. :func:`read_packed` checks their sha256 and layout. When they are missing,
-   :func:`fetch_omniglot` downloads the official archives and :func:`convert_omniglot_zip` turns each
-   into the same packed format.
-2. Resizing: :func:`resize_images` shrinks every drawing to ``image_size`` with an antialiasing filter
-   (default ``"box"``, the exact area average: values stay in [0, 1] with no ringing and no clipping).
-   The original MAML script asked PIL for LANCZOS, but on mode ``"1"`` images PIL falls back to nearest
-   neighbour, so its 28x28 images are binary; ``resample="nearest"`` reproduces that. The resized
-   characters are cached once per (image size, filter) in the cache folder.
-3. Protocol: :func:`split_characters` shuffles all 1623 characters with a fixed seed, keeps 1200 for
-   meta-training (the last ``val_classes / 4`` of them for validation) and 423 for meta-test, and
-   rotates each character by 0/90/180/270 degrees into 4 classes. That step is cheap, so one cache
-   file serves every seed and validation size.
+1. Resizing: :func:`resize_images` shrinks every drawing to ``image_size`` with an antialiasing filter
+   (default ``"box"``, the exact area average: values stay in [0, 1] with no ringing and no clipping),
+   and :func:`load_characters` stores the result as uint8 (0..255, ink = 255), 4x smaller than float32
+   on the host and on the device; the sampled step turns them into float32 in [0, 1]. The original MAML
+   script asked PIL for LANCZOS, but on mode ``"1"`` images PIL falls back to nearest neighbour, so
+   its 28x28 images are binary; ``resample="nearest"`` reproduces that. The resized characters are
+   cached once per (source files, image size, filter) in the per-user cache, keyed on the sha256 of
+   the packed files, so a changed or corrupt source is never hidden by an old cache.
+2. Protocol: :func:`split_characters` shuffles all 1623 characters with a fixed seed, keeps 1200 for
+   meta-training (the last ``val_classes / 4`` of them for validation) and 423 for meta-test, rotates
+   each character by 0/90/180/270 degrees into 4 classes, and checks that no character (by name or
+   by its drawings) is in two splits. That step is cheap, so one cache file serves every seed and
+   validation size.
 
-:func:`load_omniglot` chains the three.
+:func:`load_omniglot` chains them and returns, with the splits, one summary per split of what was loaded.
 
 References:
   Lake, Salakhutdinov & Tenenbaum, "Human-level concept learning through probabilistic program
@@ -27,320 +26,55 @@ References:
 from __future__ import annotations
 
 import hashlib
-import io
-import re
-import shutil
-import urllib.error
-import urllib.request
-import warnings
-import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from jmaml.data.paths import PathLike, atomic_write, resolve_data_dir, save_npz_atomic
+from jmaml.data import omniglot_archive as archive
+from jmaml.data.cache import Cached, cache_file, file_digest, load_or_build, split_summary
+from jmaml.data.paths import PathLike, default_cache_dir
 from jmaml.errors import JmamlError
 
-SPLITS = ("background", "evaluation")
-URLS = {
-    "background": "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
-    "evaluation": "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",
-}
-# sha256 of the packed files as distributed, and of their ``images_packed.tobytes()`` (stable
-# across rebuilds, e.g. by convert_omniglot_zip, whose zip timestamps change the file hash).
-FILE_SHA256 = {
-    "background": "3ce1377cc6056eda5f10f6cab572b8865dd1536659ecfd4d433463280a98fbc4",
-    "evaluation": "7de84bf01f44681f853bec636f7e99d6120324908b3f42c6cc562925704dd0ed",
-}
-CONTENT_SHA256 = {
-    "background": "fa99ab70a348e2f9f02e33f6c9beb789eb1241418acf7ebc2f703301815bf452",
-    "evaluation": "5bdcd30aa88e9096667576ae13f63e07dfe325d8711bf643359338d5dcd36144",
-}
-COUNTS = {"background": (30, 964), "evaluation": (20, 659)}  # (alphabets, characters)
-IMAGE_SIZE = 105
-DRAWINGS = 20
 NUM_CHARACTERS = 1623
 NUM_TRAIN_CHARACTERS = 1200
 ROTATIONS = 4
-KEYS = ("images_packed", "image_shape", "alphabet", "alphabets", "character", "char_in_alphabet",
-        "drawing", "orig_id", "split")
-_CACHE_VERSION = 1
-_MEMBER = re.compile(r"^images_(background|evaluation)/([^/]+)/character(\d{2})/(\d{4})_(\d{2})\.png$")
+SPLIT_NAMES = ("train", "val", "test")
+_CACHE_VERSION = 2  # v2: uint8 images and character names, keyed on the packed files' sha256
 
 
 class OmniglotSplits(NamedTuple):
-    """Meta-train / validation / meta-test classes.
+    """Meta-train / validation / meta-test classes, and what was loaded.
 
     Attributes:
-      train: float32 ``[classes, 20, size, size, 1]``, values in [0, 1], ink = 1.
+      train: uint8 ``[classes, 20, size, size, 1]``, 0..255, ink = 255.
       val: same layout; zero classes unless ``val_classes`` was set.
       test: same layout, 1692 classes (423 characters x 4 rotations).
+      summary: one dict per split (train, val, test), see :func:`jmaml.data.cache.split_summary`;
+        empty when the splits were made by :func:`split_characters` alone.
     """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    summary: tuple[dict, ...] = ()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+class Characters(NamedTuple):
+    """The resized characters and where they came from.
 
-
-def read_packed(path: PathLike, split: str | None = None, *, verify: bool = True) -> np.ndarray:
-    """Read one packed Omniglot file and unpack it.
-
-    Args:
-      path: ``background.npz`` or ``evaluation.npz`` (layout in the data README).
-      split: ``"background"`` or ``"evaluation"``; default from the file name.
-      verify: check the sha256 (of the file, or else of ``images_packed``) and the official counts.
-        Without it only the layout is checked (for small archives built in tests).
-
-    Returns:
-      uint8 ``[characters, 20, H, W]``, 1 = ink, in the file's row order.
-
-    Raises:
-      JmamlError: the file is missing, unreadable, has the wrong keys or shapes, or fails the checksum.
-
-    References:
-      Lake et al., Science 2015 (the data).
+    Attributes:
+      images: uint8 ``[1623, 20, size, size]``, ink = 255; background then evaluation, in file order.
+      names: ``[1623]`` ``"<alphabet>/characterNN"``.
+      cached: the cache they were read from or written to.
+      source: the Omniglot folder.
     """
-    path = Path(path)
-    split = split or path.stem
-    if not path.is_file():
-        raise JmamlError(f"Omniglot file {path} is missing; rerun with download=True or copy it from "
-                         "shared/data/omniglot")
-    file_sha = _sha256_file(path) if verify else None
-    fix = (f"delete {path} and rerun with download=True to rebuild it from the official archive, "
-           "or copy a fresh one from shared/data/omniglot")
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            missing = sorted(set(KEYS) - set(d.files))
-            if missing:
-                raise JmamlError(f"{path}: not a packed Omniglot file, keys {missing} are missing; {fix}")
-            arrays = {k: d[k] for k in KEYS}
-    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as e:
-        if isinstance(e, JmamlError):
-            raise
-        raise JmamlError(f"{path}: cannot read it as .npz ({e}); {fix}") from e
-    packed = arrays["images_packed"]
-    if verify and file_sha != FILE_SHA256.get(split):
-        content_sha = hashlib.sha256(np.ascontiguousarray(packed).tobytes()).hexdigest()
-        if split not in CONTENT_SHA256 or content_sha != CONTENT_SHA256[split]:
-            raise JmamlError(
-                f"{path}: sha256 mismatch for Omniglot {split}: expected file {FILE_SHA256.get(split)} "
-                f"or images_packed content {CONTENT_SHA256.get(split)}, got file {file_sha} and content "
-                f"{content_sha}; {fix}")
-    return _unpack(path, split, arrays, verify, fix)
 
-
-def _unpack(path: Path, split: str, a: dict[str, np.ndarray], verify: bool, fix: str) -> np.ndarray:
-    """Check the layout of a packed file's arrays and unpack the images."""
-    h, w = (int(v) for v in a["image_shape"]) if a["image_shape"].shape == (2,) else (0, 0)
-    n = a["images_packed"].shape[0]
-    c = n // DRAWINGS
-    problems = []
-    if h <= 0 or w <= 0:
-        problems.append(f"image_shape {a['image_shape'].tolist()}")
-    if a["images_packed"].dtype != np.uint8 or a["images_packed"].shape != (n, -(-h * w // 8)):
-        problems.append(f"images_packed {a['images_packed'].dtype}{list(a['images_packed'].shape)}")
-    for k in ("alphabet", "character", "char_in_alphabet", "drawing", "orig_id"):
-        if a[k].shape != (n,):
-            problems.append(f"{k} shape {list(a[k].shape)} (expected [{n}])")
-    if str(a["split"]) != split:
-        problems.append(f"split {str(a['split'])!r} (expected {split!r})")
-    if verify:
-        n_alpha, n_char = COUNTS.get(split, (-1, -1))
-        if (c, len(a["alphabets"]), (h, w)) != (n_char, n_alpha, (IMAGE_SIZE, IMAGE_SIZE)):
-            problems.append(f"{c} characters / {len(a['alphabets'])} alphabets / {h}x{w} images "
-                            f"(expected {n_char} / {n_alpha} / 105x105)")
-    if not problems and (
-        n == 0 or n % DRAWINGS
-        or not np.array_equal(a["character"], np.repeat(np.arange(c), DRAWINGS))
-        or not np.array_equal(a["drawing"], np.tile(np.arange(1, DRAWINGS + 1), c))
-    ):
-        problems.append(f"rows are not {DRAWINGS} drawings per character in order")
-    if problems:
-        raise JmamlError(f"{path}: bad Omniglot layout: {'; '.join(problems)}; {fix}")
-    images = np.unpackbits(a["images_packed"], axis=1, count=h * w)
-    return images.reshape(c, DRAWINGS, h, w)
-
-
-def convert_omniglot_zip(zip_path: PathLike, out_path: PathLike, split: str | None = None) -> Path:
-    """Convert an official Omniglot archive into the packed ``.npz`` format, written atomically.
-
-    The archive must hold ``images_<split>/<Alphabet>/characterNN/XXXX_NN.png`` with drawings
-    ``_01`` to ``_20`` of each character (black strokes on white, as distributed). Files outside that
-    pattern that are not PNGs (``__MACOSX``, ``.DS_Store``) are ignored.
-
-    Args:
-      zip_path: ``images_background.zip`` or ``images_evaluation.zip``.
-      out_path: the ``.npz`` to write (same keys as the packed files; ink = 1).
-      split: expected split; default from the archive's top folder.
-
-    Returns:
-      ``out_path``.
-
-    Raises:
-      JmamlError: the archive is corrupt or truncated, or its members do not follow the official
-        structure. Nothing is written then.
-
-    References:
-      Lake et al., Science 2015 (github.com/brendenlake/omniglot).
-    """
-    zip_path, out_path = Path(zip_path), Path(out_path)
-    fix = f"delete {zip_path} and download it again from {URLS.get(split or '', URLS['background'])}"
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            split, chars = _index_members(zf, zip_path, split, fix)
-            arrays = _decode_members(zf, zip_path, split, chars, fix)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise JmamlError(f"{zip_path}: corrupt or truncated Omniglot archive ({e}); {fix}") from e
-    save_npz_atomic(out_path, arrays, compress=True)
-    return out_path
-
-
-def _index_members(zf: zipfile.ZipFile, zip_path: Path, split: str | None, fix: str):
-    """Map (alphabet, character number) -> {drawing: (orig_id, member)}, checking the structure."""
-    chars: dict[tuple[str, int], dict[int, tuple[int, str]]] = {}
-    found_splits, bad = set(), []
-    for info in zf.infolist():
-        name = info.filename
-        if info.is_dir() or name.startswith("__MACOSX/") or name.rsplit("/", 1)[-1].startswith("."):
-            continue
-        m = _MEMBER.match(name)
-        if not m:
-            if name.lower().endswith(".png"):
-                bad.append(name)
-            continue
-        found_splits.add(m[1])
-        chars.setdefault((m[2], int(m[3])), {})[int(m[5])] = (int(m[4]), name)
-    want = f"images_{split or '<split>'}/<Alphabet>/characterNN/XXXX_NN.png"
-    if bad:
-        raise JmamlError(f"{zip_path}: unexpected members such as {bad[0]!r} (expected {want}); {fix}")
-    if not chars:
-        raise JmamlError(f"{zip_path}: no member matches {want}; {fix}")
-    if len(found_splits) != 1 or (split is not None and found_splits != {split}):
-        raise JmamlError(f"{zip_path}: top folder(s) {sorted('images_' + s for s in found_splits)}, "
-                         f"expected images_{split or 'background or images_evaluation'}; {fix}")
-    split = found_splits.pop()
-    for (alphabet, num), drawings in sorted(chars.items()):
-        ids = {oid for oid, _ in drawings.values()}
-        if sorted(drawings) != list(range(1, DRAWINGS + 1)) or len(ids) != 1:
-            raise JmamlError(
-                f"{zip_path}: images_{split}/{alphabet}/character{num:02d} has drawings "
-                f"{sorted(drawings)} with ids {sorted(ids)} (expected _01.._{DRAWINGS} of one id); {fix}")
-    for alphabet in {a for a, _ in chars}:
-        nums = sorted(n for a, n in chars if a == alphabet)
-        if nums != list(range(1, len(nums) + 1)):
-            raise JmamlError(f"{zip_path}: images_{split}/{alphabet} has characters {nums} "
-                             f"(expected character01..character{len(nums):02d}); {fix}")
-    return split, chars
-
-
-def _decode_members(zf: zipfile.ZipFile, zip_path: Path, split: str, chars, fix: str):
-    """Decode every PNG (ink = dark pixels) and build the packed arrays."""
-    alphabets = sorted({a for a, _ in chars})
-    order = sorted(chars, key=lambda k: (alphabets.index(k[0]), k[1]))
-    images, meta = [], []
-    for ci, (alphabet, num) in enumerate(order):
-        for drawing in range(1, DRAWINGS + 1):
-            oid, name = chars[(alphabet, num)][drawing]
-            try:
-                with Image.open(io.BytesIO(zf.read(name))) as im:
-                    ink = np.asarray(im.convert("L")) < 128
-            except (Image.UnidentifiedImageError, SyntaxError, ValueError) as e:
-                raise JmamlError(f"{zip_path}: member {name} is not a readable PNG ({e}); {fix}") from e
-            if images and ink.shape != images[0].shape:
-                raise JmamlError(f"{zip_path}: {name} is {ink.shape[1]}x{ink.shape[0]}, the others "
-                                 f"{images[0].shape[1]}x{images[0].shape[0]}; {fix}")
-            images.append(ink)
-            meta.append((alphabets.index(alphabet), ci, num, drawing, oid))
-    h, w = images[0].shape
-    meta = np.asarray(meta, dtype=np.int16)
-    return {
-        "images_packed": np.packbits(np.stack(images).reshape(len(images), h * w), axis=1),
-        "image_shape": np.asarray([h, w], dtype=np.int16),
-        "alphabet": meta[:, 0], "alphabets": np.asarray(alphabets), "character": meta[:, 1],
-        "char_in_alphabet": meta[:, 2], "drawing": meta[:, 3], "orig_id": meta[:, 4],
-        "split": np.asarray(split, dtype="<U10"),
-    }
-
-
-def _download(url: str, dest: Path, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically; a truncated transfer leaves nothing behind."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, atomic_write(dest) as f:
-            shutil.copyfileobj(r, f, 1 << 20)
-            expected = r.headers.get("Content-Length")
-            if expected is not None and f.tell() != int(expected):
-                raise JmamlError(f"download of {url} was truncated ({f.tell()} of {expected} bytes); "
-                                 "rerun to try again")
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        if isinstance(e, JmamlError):
-            raise
-        raise JmamlError(
-            f"could not download {url} ({e}). Without network, fetch {URLS['background']} and "
-            f"{URLS['evaluation']} by hand into {dest.parent} (or copy background.npz and "
-            f"evaluation.npz there, or point JMAML_DATA_DIR at a folder holding omniglot/) and rerun"
-        ) from e
-    return dest
-
-
-def fetch_omniglot(data_dir: PathLike | None = None, *, download: bool = True,
-                   urls: dict[str, str] | None = None) -> dict[str, Path]:
-    """Make sure ``background.npz`` and ``evaluation.npz`` exist in the Omniglot folder.
-
-    Missing files are built from ``images_<split>.zip`` in the same folder, downloading the archive
-    first if it is not there. A downloaded archive that turns out corrupt is deleted again.
-
-    Args:
-      data_dir: the Omniglot folder; default ``resolve_data_dir(None, "omniglot")``.
-      download: allow downloading; if False, missing files raise.
-      urls: split -> archive URL, default :data:`URLS` (tests pass ``file://`` URLs).
-
-    Returns:
-      split -> path of the packed file (not yet verified; see :func:`read_packed`).
-
-    Raises:
-      JmamlError: files are missing and may not or cannot be downloaded or converted.
-
-    References:
-      Lake et al., Science 2015.
-    """
-    folder = resolve_data_dir(data_dir, "omniglot")
-    urls = {**URLS, **(urls or {})}
-    paths = {s: folder / f"{s}.npz" for s in SPLITS}
-    missing = [s for s in SPLITS if not paths[s].is_file()]
-    if missing and not download:
-        what = "does not exist" if not folder.is_dir() else "lacks " + " and ".join(
-            f"{s}.npz" for s in missing)
-        raise JmamlError(f"Omniglot folder {folder} {what}; copy background.npz and evaluation.npz "
-                         "there (see shared/data/omniglot/README.md), set JMAML_DATA_DIR, or allow the "
-                         "download (download=True; on the command line, drop --no-download)")
-    for split in missing:
-        archive = folder / f"images_{split}.zip"
-        fetched = not archive.is_file()
-        if fetched:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise JmamlError(f"cannot create the Omniglot folder {folder} ({e}); pass a writable "
-                                 "data_dir or set JMAML_DATA_DIR") from e
-            _download(urls[split], archive)
-        try:
-            convert_omniglot_zip(archive, paths[split], split)
-        except JmamlError:
-            if fetched:
-                archive.unlink(missing_ok=True)
-            raise
-    return paths
+    images: np.ndarray
+    names: np.ndarray
+    cached: Cached
+    source: Path
 
 
 def _resize_matrix(n_in: int, n_out: int, resample: Image.Resampling) -> np.ndarray:
@@ -389,53 +123,59 @@ def _check_int(name: str, value: object, low: int) -> int:
     return int(value)
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Quantise float images in [0, 1] to uint8 0..255 (round to nearest)."""
+    return np.rint(np.clip(images, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
+
+
 def load_characters(data_dir: PathLike | None = None, *, image_size: int = 28, resample: str = "box",
-                    cache_dir: PathLike | None = None, download: bool = True) -> np.ndarray:
-    """All 1623 characters, resized, background then evaluation in file order; cached.
+                    cache_dir: PathLike | None = None, download: bool = True) -> Characters:
+    """All 1623 characters, resized and quantised to uint8, background then evaluation; cached.
+
+    The cache is named ``omniglot-<size>px-<filter>-<digest>.npz``, the digest being the sha256 of
+    both packed files (and the cache version), so editing, corrupting or replacing a packed file
+    (whatever its dates) makes a new cache, built from, and so checked against, the new file.
 
     Args:
-      data_dir: the Omniglot folder with the packed files; default ``resolve_data_dir(None, "omniglot")``.
+      data_dir: the Omniglot folder or a data root holding ``omniglot/``; default ``$JMAML_DATA_DIR``
+        (either kind) or ``~/.cache/jmaml/omniglot``.
       image_size: output height and width.
       resample: PIL filter name (see :func:`resize_images`).
-      cache_dir: where the resized array is cached; default the default Omniglot folder
-        (``$JMAML_DATA_DIR/omniglot`` or the per-user cache), so a read-only ``data_dir`` works.
+      cache_dir: folder of the resized cache; default the per-user cache
+        (``$XDG_CACHE_HOME/jmaml/omniglot`` or ``~/.cache/jmaml/omniglot``).
       download: allow downloading missing packed files.
 
     Returns:
-      float32 ``[1623, 20, image_size, image_size]`` in [0, 1], ink = 1.
+      :class:`Characters`.
 
     Raises:
-      JmamlError: see :func:`fetch_omniglot` and :func:`read_packed`.
+      JmamlError: see :func:`~jmaml.data.omniglot_archive.fetch_omniglot` and
+        :func:`~jmaml.data.omniglot_archive.read_packed`.
 
     References:
       Lake et al., Science 2015.
     """
     image_size = _check_int("image_size", image_size, 1)
     _resample_filter(resample)
-    cache = resolve_data_dir(cache_dir, "omniglot") / (
-        f"omniglot_{image_size}px_{resample.lower()}_v{_CACHE_VERSION}.npz")
-    shape = (NUM_CHARACTERS, DRAWINGS, image_size, image_size)
-    # An explicit data folder must hold the data even when a resized cache exists: a wrong
-    # --data-dir is reported, not silently replaced by whatever the cache holds.
-    paths = fetch_omniglot(data_dir, download=download) if data_dir is not None else None
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as d:
-                images = d["images"]
-            if images.shape == shape and images.dtype == np.float32:
-                return images
-        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError):
-            pass
-        warnings.warn(f"ignoring unreadable Omniglot cache {cache}; rebuilding it", stacklevel=2)
-    paths = paths or fetch_omniglot(data_dir, download=download)
-    raw = np.concatenate([read_packed(paths[s], s) for s in SPLITS])
-    images = resize_images(raw, image_size, resample)
-    try:
-        save_npz_atomic(cache, {"images": images})
-    except OSError as e:
-        warnings.warn(f"could not write the Omniglot cache {cache} ({e}); continuing without it",
-                      stacklevel=2)
-    return images
+    folder = archive.omniglot_dir(data_dir)
+    paths = archive.fetch_omniglot(folder, download=download)
+    files = [paths[s] for s in archive.SPLITS]
+    digest = file_digest(files, extra=f"omniglot v{_CACHE_VERSION} {image_size} {resample.lower()}")
+    cache = cache_file(default_cache_dir(cache_dir, "omniglot"),
+                       f"omniglot-{image_size}px-{resample.lower()}", digest)
+
+    def build() -> dict[str, np.ndarray]:
+        raw = np.concatenate([archive.read_packed(paths[s], s) for s in archive.SPLITS])
+        names = np.concatenate([archive.character_names(paths[s]) for s in archive.SPLITS])
+        return {"images": to_uint8(resize_images(raw, image_size, resample)), "names": names}
+
+    cached = load_or_build(cache, ("images", "names"), build, what="Omniglot")
+    images, names = cached.arrays["images"], cached.arrays["names"]
+    shape = (NUM_CHARACTERS, archive.DRAWINGS, image_size, image_size)
+    if images.shape != shape or images.dtype != np.uint8 or names.shape != (NUM_CHARACTERS,):
+        raise JmamlError(f"Omniglot cache {cache} holds images {images.dtype}{list(images.shape)}, expected "
+                         f"uint8{list(shape)}; delete it and rerun")
+    return Characters(images, names, cached, folder)
 
 
 def _check_split_args(seed: object, val_classes: object) -> tuple[int, int]:
@@ -447,7 +187,41 @@ def _check_split_args(seed: object, val_classes: object) -> tuple[int, int]:
     return _check_int("seed", seed, 0), val_classes
 
 
-def split_characters(characters: np.ndarray, *, seed: int = 0, val_classes: int = 0) -> OmniglotSplits:
+def check_disjoint_characters(characters: np.ndarray, parts: tuple[np.ndarray, ...],
+                              names: np.ndarray | None = None) -> None:
+    """Check that no character is in two splits, by name and by its drawings.
+
+    Args:
+      characters: ``[characters, drawings, ...]``.
+      parts: character indices of each split (train, val, test).
+      names: optional ``[characters]`` names; two characters of one name, or with the same drawings,
+        in two splits are an error.
+
+    Raises:
+      JmamlError: naming a shared character and the two splits.
+    """
+    seen: dict[object, tuple[str, int]] = {}
+    for split, part in zip(SPLIT_NAMES, parts):
+        for i in part.tolist():
+            keys = [("drawings", hashlib.sha1(np.ascontiguousarray(characters[i]).tobytes()).digest())]
+            if names is not None:
+                keys.append(("name", str(names[i])))
+            for kind, key in keys:
+                other = seen.get((kind, key))
+                if other is not None and other[0] != split:
+                    def label(j):
+                        return f"character {names[j]} (#{j})" if names is not None else f"character #{j}"
+                    how = "the same name" if kind == "name" else "identical drawings"
+                    raise JmamlError(
+                        f"Omniglot splits overlap: {label(other[1])} in {other[0]} and {label(i)} in {split} "
+                        f"have {how}; the training, validation and test characters must be disjoint. Check "
+                        "that background.npz and evaluation.npz are the official files (not copies of "
+                        "each other)")
+                seen.setdefault((kind, key), (split, i))
+
+
+def split_characters(characters: np.ndarray, *, seed: int = 0, val_classes: int = 0,
+                     names: np.ndarray | None = None) -> OmniglotSplits:
     """Shuffle characters, split 1200 / rest, and rotate each into 4 classes.
 
     Characters are permuted with ``np.random.default_rng(seed)``; the first 1200 are meta-training
@@ -456,15 +230,18 @@ def split_characters(characters: np.ndarray, *, seed: int = 0, val_classes: int 
     (``np.rot90``), so the rotations of one character never straddle two splits.
 
     Args:
-      characters: ``[1623, 20, H, W]`` (e.g. from :func:`load_characters`).
+      characters: ``[1623, 20, H, W]`` (e.g. ``load_characters().images``).
       seed: seed of the character shuffle.
       val_classes: validation classes, a multiple of 4 below 4800 (0 = no validation split).
+      names: optional ``[1623]`` character names, for the overlap check's message.
 
     Returns:
-      :class:`OmniglotSplits` of ``[classes, 20, H, W, 1]`` arrays with the dtype of ``characters``.
+      :class:`OmniglotSplits` of ``[classes, 20, H, W, 1]`` arrays with the dtype of ``characters``
+      (and no summary).
 
     Raises:
-      JmamlError: bad ``val_classes`` or ``seed``, or a ``characters`` array of the wrong shape.
+      JmamlError: bad ``val_classes`` or ``seed``, a ``characters`` array of the wrong shape, or a
+        character (by name or drawings) in two splits.
 
     References:
       Vinyals et al., NeurIPS 2016 (1200/423 split, rotations); Finn et al., ICML 2017.
@@ -476,6 +253,7 @@ def split_characters(characters: np.ndarray, *, seed: int = 0, val_classes: int 
     n_val = val_classes // ROTATIONS
     cut = NUM_TRAIN_CHARACTERS - n_val
     parts = (perm[:cut], perm[cut:NUM_TRAIN_CHARACTERS], perm[NUM_TRAIN_CHARACTERS:])
+    check_disjoint_characters(characters, parts, names)
     return OmniglotSplits(*(_rotate(characters[p]) for p in parts))
 
 
@@ -491,23 +269,25 @@ def _rotate(chars: np.ndarray) -> np.ndarray:
 def load_omniglot(data_dir: PathLike | None = None, *, image_size: int = 28, seed: int = 0,
                   val_classes: int = 0, resample: str = "box", cache_dir: PathLike | None = None,
                   download: bool = True) -> OmniglotSplits:
-    """Omniglot in the MAML / Vinyals et al. protocol: 4800 train and 1692 test classes.
+    """Omniglot in the MAML / Vinyals et al. protocol: 4800 train and 1692 test classes, uint8.
 
     Args:
       data_dir: the Omniglot folder holding ``background.npz`` and ``evaluation.npz`` (e.g.
-        ``shared/data/omniglot``); default ``$JMAML_DATA_DIR/omniglot`` or ``~/.cache/jmaml/omniglot``.
+        ``shared/data/omniglot``) or a data root holding ``omniglot/``; default ``$JMAML_DATA_DIR``
+        (either kind) or ``~/.cache/jmaml/omniglot``.
       image_size: output height and width (28 in the paper).
       seed: seed of the character shuffle.
       val_classes: validation classes carved from the training characters (multiple of 4).
       resample: resize filter, ``"box"`` (default), ``"lanczos"``, ``"nearest"``, ...
-      cache_dir: folder of the resized cache (default as ``data_dir``'s default).
+      cache_dir: folder of the resized cache (default the per-user cache, see :func:`load_characters`).
       download: download and convert the official archives when the packed files are missing.
 
     Returns:
-      :class:`OmniglotSplits` of float32 ``[classes, 20, image_size, image_size, 1]`` in [0, 1].
+      :class:`OmniglotSplits` of uint8 ``[classes, 20, image_size, image_size, 1]`` (ink = 255), with
+      one summary per split.
 
     Raises:
-      JmamlError: missing or corrupt data, failed download, or bad arguments.
+      JmamlError: missing or corrupt data, overlapping splits, failed download, or bad arguments.
 
     References:
       Lake et al., Science 2015; Vinyals et al., NeurIPS 2016; Finn et al., ICML 2017.
@@ -515,4 +295,7 @@ def load_omniglot(data_dir: PathLike | None = None, *, image_size: int = 28, see
     _check_split_args(seed, val_classes)  # fail before the slow part
     chars = load_characters(data_dir, image_size=image_size, resample=resample, cache_dir=cache_dir,
                             download=download)
-    return split_characters(chars, seed=seed, val_classes=val_classes)
+    splits = split_characters(chars.images, seed=seed, val_classes=val_classes, names=chars.names)
+    summary = tuple(split_summary(name, "omniglot-packed", images.shape, chars.source, chars.cached)
+                    for name, images in zip(SPLIT_NAMES, splits))
+    return splits._replace(summary=summary)

@@ -1,8 +1,11 @@
-"""Where data sets live, and writing into that folder without leaving half-written files.
+"""Where data sets and their caches live, and writing files without leaving half-written ones.
 
 The data root is, in order: an explicit argument, the environment variable ``JMAML_DATA_DIR``,
 ``$XDG_CACHE_HOME/jmaml``, ``~/.cache/jmaml``. Each data set has its own sub-folder of the root
-(``omniglot/``, ``mini_imagenet/``).
+(``omniglot/``, ``mini_imagenet/``); an explicit folder or ``JMAML_DATA_DIR`` may name either the
+root or the data set's own folder (:func:`find_dataset_dir`). Converted caches go to the per-user
+cache (``$XDG_CACHE_HOME/jmaml/<data set>`` or ``~/.cache/jmaml/<data set>``), never into the
+user's data folder unless a cache folder is passed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,18 @@ import numpy as np
 ENV_VAR = "JMAML_DATA_DIR"
 
 PathLike = str | os.PathLike
+
+
+def user_cache_root() -> Path:
+    """The per-user cache: ``$XDG_CACHE_HOME/jmaml`` if set and non-empty, else ``~/.cache/jmaml``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "jmaml"
+
+
+def default_cache_dir(cache_dir: PathLike | None, dataset: str) -> Path:
+    """Where a data set's converted caches go: ``cache_dir`` if given, else ``user_cache_root() / dataset``."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else user_cache_root() / dataset
 
 
 def default_data_root() -> Path:
@@ -28,11 +43,7 @@ def default_data_root() -> Path:
       ``~/.cache/jmaml``. The folder is not created.
     """
     env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "jmaml"
+    return Path(env).expanduser() if env else user_cache_root()
 
 
 def resolve_data_dir(data_dir: PathLike | None = None, dataset: str | None = None) -> Path:
@@ -49,6 +60,37 @@ def resolve_data_dir(data_dir: PathLike | None = None, dataset: str | None = Non
         return Path(data_dir).expanduser()
     root = default_data_root()
     return root / dataset if dataset else root
+
+
+def find_dataset_dir(data_dir: PathLike | None, dataset: str, holds_data: Callable[[Path], bool]) -> Path:
+    """The folder of one data set, given either the data root or the data set's own folder.
+
+    ``data_dir`` (or, when it is None, ``$JMAML_DATA_DIR`` or the per-user default root) may name
+    the data set's folder itself or a root holding it as ``<dataset>/``: the first of the two that
+    ``holds_data`` accepts wins. When neither holds data, the answer is the folder itself if it is
+    named ``dataset`` or was given explicitly, else ``<root>/<dataset>`` (where a download goes).
+
+    Args:
+      data_dir: an explicit folder, or None for the default root.
+      dataset: the data set's sub-folder name, e.g. ``"omniglot"``.
+      holds_data: ``folder -> bool``, whether the data set's files are in ``folder``.
+
+    Returns:
+      The data set's folder (not created).
+    """
+    explicit = data_dir is not None
+    base = Path(data_dir).expanduser() if explicit else default_data_root()
+    for folder in (base, base / dataset):
+        if folder.is_dir() and holds_data(folder):
+            return folder
+    return base if explicit or base.name == dataset else base / dataset
+
+
+def _user_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -85,6 +127,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[object]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _user_file_mode())  # mkstemp makes 0600; honour the umask
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

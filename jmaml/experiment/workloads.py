@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 
 from jmaml import losses
-from jmaml.experiment.configs import Config
 from jmaml.core.learner import ApplyFn, LossFn, MetricFn
 from jmaml.core.types import Params, PyTree, Tasks
 from jmaml.data import episodes, sinusoid
+from jmaml.experiment.configs import Config
 from jmaml.models import MLP, Conv4, functional
 
 
@@ -26,8 +26,11 @@ class Workload(NamedTuple):
       metric: the headline meta-test metric, ``"mse"`` or ``"accuracy"``.
       train_tasks: ``(key, train_data) -> Tasks`` with ``meta_batch`` meta-training tasks.
       test_tasks: ``(key, test_data) -> Tasks`` with ``eval_batch`` held-out tasks.
-      train_data: what ``train_tasks`` samples from, placed on the device (None if generated).
+      train_data: what ``train_tasks`` samples from, placed on the device (None if generated); image
+        data stays uint8 there and the samplers convert the sampled batch to float32.
       test_data: likewise for ``test_tasks``.
+      data_summary: one plain dict per split (train, val, test) saying what was loaded (see
+        :func:`jmaml.data.cache.split_summary`; :func:`summary_line` formats one); empty if generated.
     """
 
     init: Callable[[jax.Array], Params]
@@ -39,6 +42,19 @@ class Workload(NamedTuple):
     test_tasks: Callable[[jax.Array, PyTree], Tasks]
     train_data: Any = None
     test_data: Any = None
+    data_summary: tuple[dict, ...] = ()
+
+
+def summary_line(summary: dict) -> str:
+    """One line saying what was loaded for a split, e.g. for the start of a run's log."""
+    line = (f"data {summary['split']}: {summary['format']} {summary['source']}, {summary['classes']} classes, "
+            f"{summary['images']} images of {summary['image_size']}, cache {summary['cache']}"
+            + (f" {summary['cache_path']}" if summary["cache_path"] else ""))
+    resized = summary.get("resized") or {}
+    if resized.get("count"):
+        sizes = ", ".join(f"{n} of {size}" for size, n in sorted(resized["sizes"].items()))
+        line += f"; {resized['count']} images resized to {summary['image_size']} ({sizes})"
+    return line
 
 
 def eval_batch(cfg: Config) -> int:
@@ -64,11 +80,13 @@ def sinusoid_workload(cfg: Config) -> Workload:
     )
 
 
-def image_workload(cfg: Config, train_images, test_images, variant: str) -> Workload:
+def image_workload(cfg: Config, train_images, test_images, variant: str,
+                   data_summary: tuple[dict, ...] = ()) -> Workload:
     """N-way K-shot classification with Conv4 over image arrays ``[classes, drawings, H, W, C]``.
 
     The episode (ways, shots, queries against the classes and drawings on hand) is checked
-    here, before anything is compiled. Images are sampled inside the jitted step.
+    here, before anything is compiled. Images (uint8 0..255, or float in [0, 1]) are placed on the
+    device as they are, sampled inside the jitted step and converted to float32 there.
     """
     for images, meta_batch, queries in ((train_images, cfg.meta_batch, cfg.queries),
                                         (test_images, eval_batch(cfg), cfg.queries)):
@@ -78,8 +96,8 @@ def image_workload(cfg: Config, train_images, test_images, variant: str) -> Work
 
     def sampler(meta_batch):
         def sample(key, images):
-            return episodes.sample_tasks(key, images, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
-                                         meta_batch=meta_batch)
+            return episodes.as_float(episodes.sample_tasks(key, images, ways=cfg.ways, shots=cfg.shots,
+                                                           queries=cfg.queries, meta_batch=meta_batch))
 
         return sample
 
@@ -94,6 +112,7 @@ def image_workload(cfg: Config, train_images, test_images, variant: str) -> Work
         test_tasks=sampler(eval_batch(cfg)),
         train_data=jax.device_put(train_images),
         test_data=jax.device_put(test_images),
+        data_summary=tuple(data_summary),
     )
 
 
@@ -103,16 +122,24 @@ def omniglot_workload(cfg: Config) -> Workload:
 
     splits = load_omniglot(cfg.data_dir or None, image_size=cfg.image_size, seed=cfg.data_seed,
                            download=cfg.download)
-    return image_workload(cfg, splits.train, splits.test, "omniglot")
+    return image_workload(cfg, splits.train, splits.test, "omniglot", splits.summary)
 
 
-def mini_imagenet_workload(cfg: Config) -> Workload:
-    """miniImageNet, Ravi & Larochelle split: 64 classes to meta-train, 20 to meta-test."""
-    from jmaml.data.mini_imagenet import load_mini_imagenet_split
+def mini_imagenet_workload(cfg: Config, data_format: str | None = None) -> Workload:
+    """miniImageNet, Ravi & Larochelle split: 64 classes to meta-train, 20 to meta-test.
 
-    train = load_mini_imagenet_split("train", cfg.data_dir or None, dtype="float32")
-    test = load_mini_imagenet_split("test", cfg.data_dir or None, dtype="float32")
-    return image_workload(cfg, train, test, "mini_imagenet")
+    All three splits are checked before any is converted; the validation split is read for its
+    summary and the overlap check only. The kept splits go to the device as uint8 one at a time.
+
+    Args:
+      cfg: the config.
+      data_format: ``"csv"`` or ``"pickle"`` for a folder holding both (None: the one present).
+    """
+    from jmaml.data.mini_imagenet import load_mini_imagenet
+
+    splits = load_mini_imagenet(cfg.data_dir or None, data_format=data_format, keep=("train", "test"),
+                                place=jax.device_put)
+    return image_workload(cfg, splits.train, splits.test, "mini_imagenet", splits.summary)
 
 
 WORKLOADS = {"sinusoid": sinusoid_workload, "omniglot": omniglot_workload,
