@@ -43,6 +43,12 @@ def require_torch():
 
 
 @pytest.fixture(scope="module")
+def torch_ok():
+    """:func:`require_torch` as a fixture, listed first so that a skip comes before any compile."""
+    return require_torch()
+
+
+@pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One quick float32 run on tiny Omniglot shapes: jmaml first (the reference), then the others."""
     out = tmp_path_factory.mktemp("bench")
@@ -84,8 +90,7 @@ def test_float32_jax_implementations_agree(quick_run):
     assert plain["grad_rel_err"] < FLOAT32_GRAD
 
 
-def test_float32_torch_implementations_agree(quick_run):
-    require_torch()
+def test_float32_torch_implementations_agree(torch_ok, quick_run):
     _, _, by_impl = quick_run
     for name in TORCH_IMPLS:
         record = by_impl[name]
@@ -131,15 +136,13 @@ def test_float64_plain_jax_same_math(workload, jmaml_float64):
 
 @pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("workload", SAME_MATH)
-def test_float64_torch_same_math(workload, impl, jmaml_float64):
-    require_torch()
+def test_float64_torch_same_math(torch_ok, workload, impl, jmaml_float64):
     assert_same_math(*first_step(impl, WORKLOADS[workload].quick()), *jmaml_float64[workload])
 
 
-def test_same_math_check_catches_symmetric_padding(monkeypatch, jmaml_float64):
+def test_same_math_check_catches_symmetric_padding(torch_ok, monkeypatch, jmaml_float64):
     """The check fails for a PyTorch Conv4 with ``padding=1`` (one pixel each side) where XLA's SAME
     pads stride-2 convolutions of even inputs on the high side only."""
-    require_torch()
     workload = WORKLOADS["omniglot-20w1s"].quick()
     assert _same_padding(workload.image[0], 2) == (0, 1)  # this workload does exercise the difference
     monkeypatch.setattr(torch_impls, "_same_padding", lambda size, stride, kernel=3: (1, 1))
