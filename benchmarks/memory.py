@@ -1,10 +1,11 @@
 """Memory of one meta-gradient as the inner loop grows: jmaml (scan, remat, chunks) vs plain JAX.
 
-Compiles (does not run) the meta-gradient of a workload of ``jmaml.bench`` at several inner-step
-counts and reports XLA's memory analysis of each program: temporary buffers plus arguments and
-outputs, which is what the device must hold at the peak. Default: Omniglot 20-way 1-shot, 16 tasks.
+Compiles (does not run) the meta-gradient of a named config's episode (the throughput benchmark's
+workloads, :mod:`benchmarks.harness.workloads`) at several inner-step counts and reports XLA's
+memory analysis of each program: temporary buffers plus arguments and outputs, which is what the
+device must hold at the peak. Default: ``omniglot-20w1s`` (20-way 1-shot, 5 queries, 16 tasks).
 
-    python benchmarks/memory.py [--workload omniglot_20w1s] [--steps 5 10 20] [--chunks 4]
+    python benchmarks/memory.py [--workload omniglot-20w1s] [--steps 5 10 20] [--chunks 4]
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ import dataclasses
 import re
 import sys
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
+ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-from jmaml import algorithms, losses
-from jmaml.bench.environment import describe
-from jmaml.bench.jax_impls import plain_meta_loss
-from jmaml.bench.workloads import init_params, select
-from jmaml.core.step import meta_gradient
-from jmaml.core.types import Tasks
-from jmaml.models import Conv4, functional
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.harness.environment import describe  # noqa: E402
+from benchmarks.harness.jax_impls import plain_meta_loss  # noqa: E402
+from benchmarks.harness.workloads import WORKLOADS, init_params, select  # noqa: E402
+from jmaml import algorithms, losses  # noqa: E402
+from jmaml.core.step import meta_gradient  # noqa: E402
+from jmaml.core.types import Tasks  # noqa: E402
+from jmaml.models import Conv4, functional  # noqa: E402
 
 
 def abstract_tasks(w) -> Tasks:
@@ -43,7 +49,8 @@ def program_bytes(fn, *args) -> tuple[int, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default="omniglot_20w1s")
+    parser.add_argument("--workload", default="omniglot-20w1s", choices=list(WORKLOADS), metavar="CONFIG",
+                        help=f"one of {', '.join(WORKLOADS)}")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--conv", default="auto", choices=("auto", "xla", "im2col"),

@@ -15,9 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jmaml.bench.environment import describe
-from jmaml.experiment.configs import get_config
-from jmaml.experiment.train import train
+ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.harness.environment import describe  # noqa: E402
+from jmaml.experiment.configs import get_config  # noqa: E402
+from jmaml.experiment.train import train  # noqa: E402
 
 PAPER = {  # Li et al. 2017, Table 1: MSE after one step, 40-40 MLP
     ("maml", 5): "1.13 +- 0.18", ("maml", 10): "0.85 +- 0.14", ("maml", 20): "0.71 +- 0.12",

@@ -15,14 +15,19 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
-import jax
+ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
-from jmaml.bench.environment import describe
-from jmaml.experiment.configs import get_config, parse_overrides
-from jmaml.core.step import make_train_step, scan_steps
-from jmaml.experiment.train import build, evaluate_run
-from jmaml.experiment.workloads import make_workload
+import jax  # noqa: E402
+
+from benchmarks.harness.environment import describe  # noqa: E402
+from jmaml.core.step import make_train_step, scan_steps  # noqa: E402
+from jmaml.experiment.configs import get_config, parse_overrides  # noqa: E402
+from jmaml.experiment.train import build, evaluate_run  # noqa: E402
+from jmaml.experiment.workloads import make_workload  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.harness.base import Grads
+from benchmarks.harness.workloads import Workload
 from jmaml import algorithms, losses
-from jmaml.bench.base import Grads
-from jmaml.bench.workloads import Workload
 from jmaml.core.step import init_state, make_train_step
 from jmaml.core.types import Tasks
 from jmaml.models import Conv4, functional
@@ -43,7 +43,7 @@ def _program_bytes(compiled: Any) -> int | None:
 
 
 def _to_numpy(tree: Any) -> Any:
-    return jax.tree.map(lambda a: np.asarray(a, np.float32), tree)
+    return jax.tree.map(np.asarray, tree)
 
 
 class _JaxBench:
@@ -89,7 +89,7 @@ class JmamlBench(_JaxBench):
 
     def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         model = Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
-                      conv=options.get("conv", "auto"))
+                      conv=options.get("conv") or workload.conv)
         _, apply = functional(model)
         learner = algorithms.maml(apply, losses.cross_entropy, inner_lr=workload.inner_lr,
                                   inner_steps=workload.inner_steps)
@@ -173,4 +173,3 @@ class PlainJaxBench(_JaxBench):
             return (optax.apply_updates(params, updates), opt_state), loss, grads
 
         super().__init__(step_fn, (params, optimizer.init(params)), batches, donate=False)
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 COLUMNS = ("workload", "implementation", "ms / meta-step (median)", "tasks / s", "compile s",
            "first step s", "100-step run s", "GFLOP / step", "TFLOP/s", "of peak", "peak memory",
            "grad. rel. error")
@@ -56,7 +55,7 @@ def markdown(env: dict[str, Any], records: list[dict[str, Any]]) -> str:
     lines += ["", "Median over " + ", ".join(f"{s} timed steps after {w} warm-up" for w, s in sorted(steps))
               + "; compile time apart; 100-step run = compile + first step + 99 x median; "
               "grad. rel. error: the first step's meta-gradient against the first implementation's "
-              "(same weights, same inputs), largest relative L2 difference over the parameters."]
+              "(same weights, same inputs), relative L2 difference over all parameters."]
     return "\n".join(lines) + "\n"
 
 

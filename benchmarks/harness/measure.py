@@ -11,18 +11,22 @@ from typing import Any
 import jax
 import numpy as np
 
-from jmaml.bench.base import Factory, Grads, Skipped
-from jmaml.bench.workloads import Workload, init_params, make_batches
+from benchmarks.harness.base import Factory, Grads, Skipped
+from benchmarks.harness.workloads import Workload, init_params, make_batches
 
 
 def measure(name: str, factory: Factory, workload: Workload, *, steps: int, warmup: int, batches: int,
-            options: dict[str, Any], peak_flops: float | None) -> tuple[dict[str, Any], Grads | None]:
+            options: dict[str, Any], peak_flops: float | None,
+            dtype: Any = np.float32) -> tuple[dict[str, Any], Grads | None]:
     """Sets up ``factory`` on ``workload`` and times its meta-step.
 
     The first step also returns its meta-gradient, for :func:`gradient_error` against the
     other implementations. Every step is synchronised (the loss is read back to the host)
     before the clock is read; inputs rotate among ``batches`` prepared batches. Compilation
     (JAX) is timed on its own before the warm-up steps.
+
+    ``dtype`` is that of the inputs and initial weights (``np.float64`` for the exact same-math
+    check, under ``jax.enable_x64``); timings are taken in float32.
 
     Returns:
       ``(record, first meta-gradient or None)``; the record's ``status`` is ``"ok"``,
@@ -33,8 +37,8 @@ def measure(name: str, factory: Factory, workload: Workload, *, steps: int, warm
                               "options": options}
     try:
         start = time.perf_counter()
-        inputs = make_batches(workload, batches)
-        bench = factory(workload, init_params(workload), inputs, options)
+        inputs = make_batches(workload, batches, dtype=dtype)
+        bench = factory(workload, init_params(workload, dtype=dtype), inputs, options)
         setup_s = time.perf_counter() - start
         start = time.perf_counter()
         first_loss, grads = bench.step_on(inputs[0])
@@ -69,16 +73,19 @@ def measure(name: str, factory: Factory, workload: Workload, *, steps: int, warm
 
 
 def gradient_error(grads: Grads, reference: Grads) -> float:
-    """Largest relative difference of two meta-gradients, leaf by leaf, in the L2 norm.
+    """Relative L2 difference of two meta-gradients over all parameters: ``||g - r|| / ||r||``.
 
-    Leaves whose reference norm is under 1% of the largest are compared against that floor
-    instead: conv biases ahead of BatchNorm have an exact gradient of zero, so theirs is
-    rounding noise in every implementation.
+    One norm over every leaf together, with no floor: in float32 the implementations agree to
+    about 1e-5 on the benchmarked shapes. (Leaf by leaf, the conv biases ahead of BatchNorm have
+    an exact gradient of zero, so theirs is rounding noise; the exact leaf-by-leaf check runs in
+    float64, in tests/test_bench.py.)
+
+    Raises:
+      ValueError: the two have different parameter trees.
     """
-    leaves, refs = jax.tree.leaves(grads), jax.tree.leaves(reference)
     if jax.tree.structure(grads) != jax.tree.structure(reference):
         raise ValueError("meta-gradients have different parameter trees")
-    norms = [float(np.linalg.norm(r)) for r in refs]
-    floor = 1e-2 * max(norms)
-    return max(float(np.linalg.norm(np.asarray(a) - r)) / max(n, floor)
-               for a, r, n in zip(leaves, refs, norms))
+    diff = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(r, np.float64)) ** 2))
+               for a, r in zip(jax.tree.leaves(grads), jax.tree.leaves(reference)))
+    norm = sum(float(np.sum(np.asarray(r, np.float64) ** 2)) for r in jax.tree.leaves(reference))
+    return float(np.sqrt(diff / norm))

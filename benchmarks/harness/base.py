@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from jmaml.bench.workloads import Workload
+from benchmarks.harness.workloads import Workload
 from jmaml.core.types import Tasks
 
 # numpy meta-gradient in jmaml's parameter layout: {"conv0": {"kernel": ..., "bias": ...}, ...}

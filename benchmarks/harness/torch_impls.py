@@ -3,7 +3,7 @@
 Both run the same Conv4 as jmaml (SAME padding as XLA pads it, batch-statistics BatchNorm,
 NHWC flattening order for the miniImageNet head) from the same initial weights, so all
 implementations compute the same meta-loss and meta-gradient. PyTorch is imported lazily:
-without it, creating either bench raises :class:`~jmaml.bench.base.Skipped`.
+without it, creating either bench raises :class:`~benchmarks.harness.base.Skipped`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from jmaml.bench.base import Grads, Skipped
-from jmaml.bench.workloads import Workload
+from benchmarks.harness.base import Grads, Skipped
+from benchmarks.harness.workloads import Workload
 from jmaml.core.types import Tasks
 
 
@@ -21,7 +21,7 @@ def _torch():
     try:
         import torch
     except ImportError as err:
-        raise Skipped("PyTorch is not installed (pip install 'jmaml[bench]')") from err
+        raise Skipped("PyTorch is not installed (pip install torch)") from err
     return torch
 
 
@@ -38,7 +38,7 @@ def to_torch_params(params: Grads, device) -> dict[str, Any]:
     flat = {}
     for layer, leaves in params.items():
         for leaf, value in leaves.items():
-            value = np.asarray(value, np.float32)
+            value = np.asarray(value)
             if layer.startswith("conv") and leaf == "kernel":
                 value = value.transpose(3, 2, 0, 1)
             flat[f"{layer}_{leaf}"] = torch.tensor(value, device=device)
@@ -195,4 +195,3 @@ class TorchFuncBench(_TorchBench):
         for name, p in params.items():
             p.grad = grads[name]
         return loss.detach()
-
