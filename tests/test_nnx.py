@@ -67,8 +67,8 @@ def test_nnx_conv4_computes_linen_conv4(variant, size, channels):
 
 def test_nnx_conv4_meta_gradient_equals_linen():
     """Batch-statistics normalisation inside the inner loop and the meta-gradient, both kinds."""
-    apply_l, apply_n, params = linen_and_nnx_params(jmaml.Conv4(3, filters=2), jnnx.Conv4(3, filters=2, rngs=nnx.Rngs(0)),
-                                                    jnp.zeros((1, 8, 8, 1)))
+    apply_l, apply_n, params = linen_and_nnx_params(jmaml.Conv4(3, filters=2),
+                                                    jnnx.Conv4(3, filters=2, rngs=nnx.Rngs(0)), jnp.zeros((1, 8, 8, 1)))
     kx = jax.random.PRNGKey(4)
     x = jax.random.normal(kx, (2, 6, 8, 8, 1), jnp.float64)
     y = jnp.tile(jnp.arange(3), (2, 2))
