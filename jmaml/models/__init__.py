@@ -14,6 +14,7 @@ from flax import nnx as flax_nnx
 
 from jmaml.core.types import Params
 from jmaml.errors import JmamlError
+from jmaml.models import nnx
 from jmaml.models.conv4 import Conv4
 from jmaml.models.mlp import MLP
 from jmaml.models.norm import BatchStatNorm
@@ -74,4 +75,4 @@ def functional(module: nn.Module | flax_nnx.Module
                      "for a plain function, pass apply(params, x) to the algorithm directly")
 
 
-__all__ = ["BatchStatNorm", "Conv4", "MLP", "functional"]
+__all__ = ["BatchStatNorm", "Conv4", "MLP", "functional", "nnx"]
