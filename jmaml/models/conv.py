@@ -36,6 +36,19 @@ def im2col(x: jax.Array, size: int, stride: int) -> jax.Array:
     return jnp.concatenate(cols, axis=-1)
 
 
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: int, impl: ConvImpl) -> jax.Array:
+    """SAME-padded convolution of NHWC ``x`` by an HWIO square ``kernel``, plus ``bias``.
+
+    The math shared by the linen and the NNX :class:`Conv2D`; ``impl`` as there.
+    """
+    size, _, cin, features = kernel.shape
+    if resolve_impl(impl) == "xla":
+        y = lax.conv_general_dilated(x, kernel, (strides,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+        y = im2col(x, size, strides) @ kernel.reshape(size * size * cin, features)
+    return y + bias
+
+
 class Conv2D(nn.Module):
     """A square convolution with SAME padding; parameters exactly those of ``nn.Conv``.
 
@@ -65,9 +78,4 @@ class Conv2D(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (size, size, cin, self.features),
                             x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
-        if resolve_impl(self.impl) == "xla":
-            y = lax.conv_general_dilated(x, kernel, (self.strides,) * 2, "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        else:
-            y = im2col(x, size, self.strides) @ kernel.reshape(size * size * cin, self.features)
-        return y + bias
+        return conv2d(x, kernel, bias, self.strides, self.impl)

@@ -7,6 +7,17 @@ import jax
 import jax.numpy as jnp
 
 
+def batch_stat_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """Normalise ``x`` over every axis but the last with its own mean and (biased) variance.
+
+    The math shared by the linen and the NNX :class:`BatchStatNorm`.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+
+
 class BatchStatNorm(nn.Module):
     """Normalises with the statistics of the batch it is given, at train and test time.
 
@@ -30,7 +41,4 @@ class BatchStatNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,), x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), x.dtype)
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axis=axes)
-        var = jnp.mean(jnp.square(x - mean), axis=axes)
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return batch_stat_norm(x, scale, bias, self.epsilon)
