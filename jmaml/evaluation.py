@@ -29,7 +29,8 @@ def _scorer(learner: MetaLearner, sample_tasks: Callable, max_steps: int, name: 
     Cached so that repeated meta-tests during training (``benchmarks/time_to_accuracy.py``)
     reuse one compiled program instead of tracing a fresh lambda each time.
     """
-    return jax.jit(lambda mp, k, d: learner.evaluate(mp, sample_tasks(k, d), steps=max_steps)[name])
+    return jax.jit(lambda mp, k, d: learner.evaluate(mp, sample_tasks(k, d), steps=max_steps,
+                                                     key=jax.random.fold_in(k, 1))[name])
 
 
 def meta_test(

@@ -6,17 +6,19 @@ import jax
 import numpy as np
 import pytest
 
-from jmaml.experiment.configs import ALGORITHM_NAMES, get_config
+from jmaml.algorithms import ALGORITHMS
 from jmaml.core.step import make_train_step, scan_steps
-from jmaml.experiment.train import build, train
+from jmaml.experiment.build import build
+from jmaml.experiment.configs import algorithm_keys, get_config
+from jmaml.experiment.train import train
 from jmaml.experiment.workloads import image_workload
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_trains_and_evaluates_on_sinusoid(tmp_path, algorithm):
+    annealing = {k: 2 for k in ("first_order_steps", "msl_anneal_steps") if k in algorithm_keys(algorithm)}
     cfg = get_config("sinusoid", {"algorithm": algorithm, "steps": 4, "log_every": 2, "hidden": (8,),
-                                  "eval_tasks": 20, "eval_max_steps": 2, "first_order_steps": 2,
-                                  "msl_anneal_steps": 2})
+                                  "eval_tasks": 20, "eval_max_steps": 2, **annealing})
     result = train(cfg, str(tmp_path / algorithm), progress=False)
     assert result["tasks"] == 20 and len(result["per_step"]) == 3
     assert np.isfinite(result["mean"])
@@ -24,14 +26,15 @@ def test_every_algorithm_trains_and_evaluates_on_sinusoid(tmp_path, algorithm):
 
 def traces(cfg, workload):
     """Builds the config's train step and traces it abstractly (no compilation)."""
-    learner, optimizer, state = build(cfg, workload)
-    step = scan_steps(make_train_step(learner.at_step(0), optimizer, workload.train_tasks), 1)
+    setup = build(cfg, workload)
+    state = setup.template()
+    step = scan_steps(make_train_step(setup.learner.at_step(0), setup.optimizer, workload.train_tasks), 1)
     new_state, metrics = jax.eval_shape(step, state, workload.train_data)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert metrics["meta_loss"].shape == (1,)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_builds_on_every_image_config(algorithm, omniglot):
     rng = np.random.default_rng(0)
     mini = rng.random((8, 20, 84, 84, 3), dtype=np.float32)  # a stand-in for miniImageNet's arrays

@@ -10,7 +10,7 @@ from family_helpers import mlp_apply, mlp_init, mse, normal, random_tasks, sq_lo
 
 import jmaml
 from jmaml.experiment import configs
-from jmaml.experiment.train import learner_from_config
+from jmaml.experiment.build import learner_from_config
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -108,9 +108,9 @@ def test_first_order_meta_gradient_equals_closed_form():
 
 def test_from_config_builds_every_algorithm_from_its_fields():
     built = {}
-    for name in configs.ALGORITHM_NAMES:
+    for name in jmaml.ALGORITHMS:
         cfg = configs.Config(algorithm=name, inner_lr=0.2, inner_steps=2, msl_anneal_steps=3,
-                             first_order_steps=1, reptile_batch=2, reptile_optimizer="adam",
+                             first_order_steps=1, inner_batch=2, inner_optimizer="adam",
                              proximal_lambda=0.5, cg_steps=3)
         built[name] = learner_from_config(cfg, mlp_apply, mse, {"mae": mse})
         assert built[name].inner_steps == 2 and set(built[name].metrics) == {"mae"}

@@ -1,4 +1,4 @@
-"""The ``jmaml`` command: ``jmaml train | resume | eval``.
+"""The ``jmaml`` command: ``jmaml train | resume | eval | plot``.
 
 Exit status: 0 done; 1 the run failed after it started (divergence, a failed checkpoint
 write: the message says what is intact); 2 bad input (one ``error:`` line, nothing changed);
@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's)")
     evaluate.add_argument("--data-dir", help="data folder, if it moved since training")
+
+    plot = sub.add_parser("plot", help="learning curves and meta-test of one or more runs, overlaid")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN")
+    plot.add_argument("--out", default="curves.png", help="image file to write (.png, .pdf, .svg)")
     return parser
 
 
@@ -127,6 +131,12 @@ def _eval(args) -> None:
     print(f"written to {os.path.abspath(path)}")
 
 
+def _plot(args) -> None:
+    from jmaml.experiment.plots import plot_runs
+
+    print(f"written to {plot_runs(args.run_dirs, args.out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jmaml`` console script; returns the exit status."""
     from jmaml.experiment.train import RunFailed, Stopped
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "resume": _resume, "eval": _eval}[args.command](args)
+        {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot}[args.command](args)
     except JmamlError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

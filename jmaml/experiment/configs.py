@@ -12,16 +12,17 @@ import math
 import typing
 from typing import Any
 
+from jmaml.algorithms import ALGORITHMS, algorithm_options
+from jmaml.core.inner import INNER_OPTIMIZERS
 from jmaml.core.schedules import SCHEDULES
 from jmaml.errors import JmamlError
 from jmaml.models.conv import ConvImpl
 
-ALGORITHM_NAMES = ("maml", "fomaml", "meta_sgd", "anil", "maml_pp", "reptile", "imaml", "pretrain")
 # Each dataset and the keys that only it reads; every other key applies to every dataset.
 DATASETS: dict[str, tuple[str, ...]] = {
     "sinusoid": ("hidden", "eval_queries"),
     "omniglot": ("filters", "conv", "image_size", "data_dir", "download", "data_seed"),
-    "mini_imagenet": ("filters", "conv", "data_dir"),
+    "mini_imagenet": ("filters", "conv", "data_dir", "data_format"),
 }
 # Keys a resumed run may change: they leave the training trajectory as it was.
 RESUMABLE_KEYS = ("steps", "eval_tasks", "eval_batch", "eval_max_steps", "eval_queries", "test_inner_steps",
@@ -71,6 +72,7 @@ class Config:
     data_dir: str = ""
     download: bool = True
     data_seed: int = 0
+    data_format: str = ""
     image_size: int = 28
     # algorithm options (see README's algorithm table)
     head: str = "head"
@@ -78,8 +80,8 @@ class Config:
     first_order_steps: int = 0
     proximal_lambda: float = 1.0
     cg_steps: int = 5
-    reptile_optimizer: str = "sgd"
-    reptile_batch: int = 0
+    inner_optimizer: str = "sgd"
+    inner_batch: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -165,15 +167,17 @@ def get_config(name: str, overrides: dict[str, Any] | None = None) -> Config:
 
 
 def algorithm_keys(algorithm: str) -> tuple[str, ...]:
-    """The config keys that only ``algorithm`` reads (its factory's own options)."""
-    return _ALGORITHM_KEYS[algorithm]
+    """The config keys ``algorithm``'s factory takes (read from its signature)."""
+    return tuple(key for key in algorithm_options(algorithm) if key in _FIELDS)
 
 
-_ALGORITHM_KEYS = {
-    "maml": ("first_order",), "fomaml": (), "meta_sgd": ("first_order",), "anil": ("head", "first_order"),
-    "maml_pp": ("msl_anneal_steps", "first_order_steps", "first_order"),
-    "reptile": ("reptile_optimizer", "reptile_batch"), "imaml": ("proximal_lambda", "cg_steps"), "pretrain": (),
-}
+_FIELDS = {field.name for field in dataclasses.fields(Config)}
+
+
+def _own_keys(algorithm: str) -> tuple[str, ...]:
+    """The keys of ``algorithm`` that not every algorithm takes."""
+    common = set.intersection(*(set(algorithm_keys(name)) for name in ALGORITHMS))
+    return tuple(key for key in algorithm_keys(algorithm) if key not in common)
 
 
 def check_applicable(cfg: Config, keys: typing.Iterable[str]) -> None:
@@ -184,11 +188,11 @@ def check_applicable(cfg: Config, keys: typing.Iterable[str]) -> None:
             raise JmamlError(f"{key} has no effect on {cfg.dataset} data (it applies to {', '.join(owners)}); "
                              f"the dataset keys that apply to {cfg.dataset} are: "
                              f"{', '.join(DATASETS[cfg.dataset]) or 'none'}")
-        owners = [name for name in ALGORITHM_NAMES if key in algorithm_keys(name)]
-        if owners and key not in algorithm_keys(cfg.algorithm):
+        owners = [name for name in ALGORITHMS if key in _own_keys(name)]
+        if owners and key not in _own_keys(cfg.algorithm):
             raise JmamlError(f"{key} has no effect with algorithm={cfg.algorithm} (it applies to "
                              f"{', '.join(owners)}); the algorithm keys that apply to {cfg.algorithm} are: "
-                             f"{', '.join(algorithm_keys(cfg.algorithm)) or 'none'}")
+                             f"{', '.join(_own_keys(cfg.algorithm)) or 'none'}")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -199,8 +203,8 @@ def _require(ok: bool, message: str) -> None:
 def validate(cfg: Config) -> Config:
     """Checks every value of ``cfg``; returns it unchanged or raises one JmamlError."""
     _require(cfg.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
-    _require(cfg.algorithm in ALGORITHM_NAMES,
-             f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHM_NAMES)}")
+    _require(cfg.algorithm in ALGORITHMS,
+             f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
     for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
                 "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size",
                 "meta_chunks"):
@@ -215,7 +219,7 @@ def validate(cfg: Config) -> Config:
              f"checkpoint_minutes must be a non-negative number (0: no time-based checkpoints), "
              f"got {cfg.checkpoint_minutes!r}")
     for key in ("filters", "data_seed", "checkpoint_every", "msl_anneal_steps",
-                "first_order_steps", "reptile_batch", "eval_max_steps"):
+                "first_order_steps", "inner_batch", "eval_max_steps"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
     _require(cfg.eval_max_steps >= cfg.test_inner_steps,
@@ -224,14 +228,16 @@ def validate(cfg: Config) -> Config:
              f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}")
     convs = typing.get_args(ConvImpl)
     _require(cfg.conv in convs, f"conv must be one of {', '.join(convs)}, got {cfg.conv!r}")
-    _require(cfg.reptile_optimizer in ("sgd", "adam"),
-             f"reptile_optimizer must be 'sgd' or 'adam', got {cfg.reptile_optimizer!r}")
+    _require(cfg.inner_optimizer in INNER_OPTIMIZERS,
+             f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {cfg.inner_optimizer!r}")
     _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),
              f"hidden must be positive layer widths like 40,40, got {cfg.hidden!r}")
     _require(cfg.eval_tasks % cfg.eval_batch == 0 or cfg.eval_tasks < cfg.eval_batch,
              f"eval_tasks ({cfg.eval_tasks}) must be a multiple of eval_batch ({cfg.eval_batch})")
     _require(cfg.meta_batch % cfg.meta_chunks == 0,
              f"meta_chunks ({cfg.meta_chunks}) must divide meta_batch ({cfg.meta_batch})")
+    _require(cfg.data_format in ("", "csv", "pickle"),
+             f"data_format must be csv or pickle (or empty: the one format in the folder), got {cfg.data_format!r}")
     if cfg.dataset == "mini_imagenet":
         _require(cfg.image_size == 84, f"miniImageNet images are 84x84: leave image_size at 84, got {cfg.image_size}")
     if cfg.dataset == "sinusoid":

@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
 TensorBoard events in ``tb/``, orbax checkpoints in ``checkpoints/``, ``data.json`` (what was
-loaded), ``eval.json`` (the meta-test at the end of training) and ``eval-step<N>-<tasks>.json``
+loaded), ``eval.json`` (the meta-test at the end of training), ``curves.png`` (its plots) and ``eval-step<N>-<tasks>.json``
 (each later ``jmaml eval``). A run holds an exclusive lock on ``.lock`` while it trains.
 """
 
@@ -23,6 +23,7 @@ from jmaml.experiment.configs import Config
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
+CURVES = "curves.png"
 DATA = "data.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"

@@ -26,7 +26,7 @@ from jmaml.experiment import checkpoint, memory, runs
 from jmaml.experiment.build import build, keys
 from jmaml.experiment.configs import RESUMABLE_KEYS, Config, validate
 from jmaml.experiment.loop import Clock, Diverged, Trainer
-from jmaml.experiment.workloads import Workload, eval_batch, make_workload
+from jmaml.experiment.workloads import Workload, eval_batch, make_workload, summary_line
 
 
 class RunFailed(Exception):
@@ -122,6 +122,14 @@ def _chunk_values(metrics: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in metrics.items()}
 
 
+def _data_fits(cfg: Config) -> None:
+    """Omniglot is resized in memory (float32, then uint8 with 4 rotations): refuse a size that cannot fit."""
+    if cfg.dataset == "omniglot":
+        pixels = 1623 * 20 * cfg.image_size ** 2
+        memory.check_fits(pixels * (4 + 4), f"Omniglot at image_size={cfg.image_size}",
+                          "lower image_size (the paper uses 28)")
+
+
 def _program_fits(trainer: Trainer, cfg: Config, start: int, template: Any) -> None:
     phase, n = trainer.plan(start, cfg.steps)
     memory.check_fits(memory.program_bytes(trainer.compiled(phase, n, template)), "the training program",
@@ -149,7 +157,10 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
     try:
         if resume:
             cfg = resume_config(runs.load_config(folder.path), cfg)
+        _data_fits(cfg)
         workload = make_workload(cfg)
+        for summary in workload.data_summary:
+            print(summary_line(summary), file=sys.stderr)
         setup = build(cfg, workload)
         template = setup.template()
         ckpt_dir = folder.file(runs.CHECKPOINTS)
@@ -179,6 +190,7 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
         runs.truncate_metrics(folder.path, start)
     else:
         runs.write_json(folder.file(runs.CONFIG), dataclasses.asdict(cfg))
+    runs.write_json(folder.file(runs.DATA), {"splits": list(workload.data_summary)})
     previous = runs.read_metrics(folder.path)
     clock = Clock(offset=previous[-1]["seconds"] if previous else 0.0)
     log = runs.MetricsLog(folder.path, purge_step=start + 1 if start else None)
@@ -227,7 +239,19 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
     result = meta_test_of(cfg, workload, setup.learner, state.meta_params)
     result["train_seconds"] = clock.seconds()
     runs.write_json(folder.file(runs.EVAL), result)
+    _plot(folder.path)
     return result
+
+
+def _plot(path: str) -> None:
+    """``curves.png`` in the run folder, when matplotlib (the ``plot`` extra) is installed."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    from jmaml.experiment.plots import plot_runs
+
+    plot_runs([path], os.path.join(path, runs.CURVES))
 
 
 def evaluate(path: str, overrides: dict | None = None) -> dict:

@@ -11,7 +11,7 @@ from jmaml import losses
 from jmaml.core.learner import ApplyFn, LossFn, MetricFn
 from jmaml.core.types import Params, PyTree, Tasks
 from jmaml.data import episodes, sinusoid
-from jmaml.experiment.configs import Config
+from jmaml.experiment.configs import DATASETS, Config
 from jmaml.models import MLP, Conv4, functional
 
 
@@ -125,25 +125,24 @@ def omniglot_workload(cfg: Config) -> Workload:
     return image_workload(cfg, splits.train, splits.test, "omniglot", splits.summary)
 
 
-def mini_imagenet_workload(cfg: Config, data_format: str | None = None) -> Workload:
+def mini_imagenet_workload(cfg: Config) -> Workload:
     """miniImageNet, Ravi & Larochelle split: 64 classes to meta-train, 20 to meta-test.
 
     All three splits are checked before any is converted; the validation split is read for its
     summary and the overlap check only. The kept splits go to the device as uint8 one at a time.
 
-    Args:
-      cfg: the config.
-      data_format: ``"csv"`` or ``"pickle"`` for a folder holding both (None: the one present).
+    ``cfg.data_format`` (``"csv"`` or ``"pickle"``) chooses for a folder holding both.
     """
     from jmaml.data.mini_imagenet import load_mini_imagenet
 
-    splits = load_mini_imagenet(cfg.data_dir or None, data_format=data_format, keep=("train", "test"),
+    splits = load_mini_imagenet(cfg.data_dir or None, data_format=cfg.data_format or None, keep=("train", "test"),
                                 place=jax.device_put)
     return image_workload(cfg, splits.train, splits.test, "mini_imagenet", splits.summary)
 
 
 WORKLOADS = {"sinusoid": sinusoid_workload, "omniglot": omniglot_workload,
              "mini_imagenet": mini_imagenet_workload}
+assert set(WORKLOADS) == set(DATASETS), "configs.DATASETS and WORKLOADS name the same datasets"
 
 
 def make_workload(cfg: Config) -> Workload:
