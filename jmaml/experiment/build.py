@@ -10,7 +10,7 @@ import jax
 from jmaml import algorithms
 from jmaml.core import schedules
 from jmaml.core.learner import ApplyFn, LossFn, MetaLearner, MetricFn
-from jmaml.core.step import TrainState, init_state
+from jmaml.core.step import init_state
 from jmaml.experiment.configs import Config, algorithm_keys
 from jmaml.experiment.workloads import Workload
 

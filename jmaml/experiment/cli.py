@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import sys
 
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes are not for the console
     try:
         {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot}[args.command](args)
     except JmamlError as err:

@@ -2,8 +2,8 @@
 
 A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
 TensorBoard events in ``tb/``, orbax checkpoints in ``checkpoints/``, ``data.json`` (what was
-loaded), ``eval.json`` (the meta-test at the end of training), ``curves.png`` (its plots) and ``eval-step<N>-<tasks>.json``
-(each later ``jmaml eval``). A run holds an exclusive lock on ``.lock`` while it trains.
+loaded), ``eval.json`` (the meta-test at the end of training), ``curves.png`` (its plots) and
+``eval-step<N>-<tasks>.json`` (each later ``jmaml eval``). A run holds an exclusive lock on ``.lock`` while it trains.
 """
 
 from __future__ import annotations

@@ -153,38 +153,39 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
       Stopped: SIGINT or SIGTERM; a checkpoint of the step reached was saved.
       RunFailed: divergence or a failed checkpoint write; the last good checkpoint stays.
     """
-    folder = runs.RunFolder(out, resume=resume)
-    try:
-        if resume:
-            cfg = resume_config(runs.load_config(folder.path), cfg)
-        _data_fits(cfg)
-        workload = make_workload(cfg)
-        for summary in workload.data_summary:
-            print(summary_line(summary), file=sys.stderr)
-        setup = build(cfg, workload)
-        template = setup.template()
-        ckpt_dir = folder.file(runs.CHECKPOINTS)
-        start = 0
-        if resume:
-            start = checkpoint.latest_step(ckpt_dir)
-            if start is None:
-                raise JmamlError(f"{folder.path} holds no finished checkpoint to resume from; start a new run")
-        trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, workload.train_data,
-                          chunk=cfg.log_every, meta_chunks=cfg.meta_chunks)
-        if start < cfg.steps:
-            _program_fits(trainer, cfg, start, template)
-        state = checkpoint.restore(ckpt_dir, template, start)[0] if resume else setup.init()
-    except BaseException:
-        folder.release() if resume else folder.discard()
-        raise
-    try:
-        return _run(cfg, folder, workload, setup, trainer, state, start, progress)
-    finally:
-        folder.release()
+    with stop_signals() as caught:  # from the start: a signal during loading or compiling stops at step 0
+        folder = runs.RunFolder(out, resume=resume)
+        try:
+            if resume:
+                cfg = resume_config(runs.load_config(folder.path), cfg)
+            _data_fits(cfg)
+            workload = make_workload(cfg)
+            for summary in workload.data_summary:
+                print(summary_line(summary), file=sys.stderr)
+            setup = build(cfg, workload)
+            template = setup.template()
+            ckpt_dir = folder.file(runs.CHECKPOINTS)
+            start = 0
+            if resume:
+                start = checkpoint.latest_step(ckpt_dir)
+                if start is None:
+                    raise JmamlError(f"{folder.path} holds no finished checkpoint to resume from; start a new run")
+            trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, workload.train_data,
+                              chunk=cfg.log_every, meta_chunks=cfg.meta_chunks)
+            if start < cfg.steps:
+                _program_fits(trainer, cfg, start, template)
+            state = checkpoint.restore(ckpt_dir, template, start)[0] if resume else setup.init()
+        except BaseException:
+            folder.release() if resume else folder.discard()
+            raise
+        try:
+            return _run(cfg, folder, workload, setup, trainer, state, start, progress, caught)
+        finally:
+            folder.release()
 
 
 def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer: Trainer, state, start: int,
-         progress: bool) -> dict:
+         progress: bool, caught: list[str]) -> dict:
     ckpt_dir = folder.file(runs.CHECKPOINTS)
     if start:
         runs.truncate_metrics(folder.path, start)
@@ -216,21 +217,20 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
 
     clock_start = clock.seconds()
     try:
-        with stop_signals() as caught:
-            try:
-                state = trainer.fit(state, cfg.steps, hooks=(log_hook, checkpoint_hook),
-                                    should_stop=lambda: bool(caught), clock=clock)
-            except Diverged as err:
-                log.write(err.step, _chunk_values(err.metrics))
-                last = checkpoint.latest_step(ckpt_dir)
-                kept = f"checkpoint {last} is the last good state" if last is not None else "no checkpoint was saved"
-                raise RunFailed(f"{err}; {kept}; lower inner_lr (now {cfg.inner_lr}) or meta_lr "
-                                f"(now {cfg.meta_lr})") from None
-            done = int(state.step)
-            if saved["step"] != done or not os.path.isdir(ckpt_dir):
-                save(done, state)
-            if caught:
-                raise Stopped(caught[0], done, folder.path)
+        try:
+            state = trainer.fit(state, cfg.steps, hooks=(log_hook, checkpoint_hook),
+                                should_stop=lambda: bool(caught), clock=clock)
+        except Diverged as err:
+            log.write(err.step, _chunk_values(err.metrics))
+            last = checkpoint.latest_step(ckpt_dir)
+            kept = f"checkpoint {last} is the last good state" if last is not None else "no checkpoint was saved"
+            raise RunFailed(f"{err}; {kept}; lower inner_lr (now {cfg.inner_lr}) or meta_lr "
+                            f"(now {cfg.meta_lr})") from None
+        done = int(state.step)
+        if saved["step"] != done or not os.path.isdir(ckpt_dir):
+            save(done, state)
+        if caught:
+            raise Stopped(caught[0], done, folder.path)
     except checkpoint.CheckpointError as err:
         raise RunFailed(str(err)) from None
     finally:
