@@ -4,14 +4,14 @@ import shutil
 
 import numpy as np
 import pytest
+from test_mini_imagenet import _write_all
+from test_omniglot import _write_zip
 
 from jmaml.data import mini_imagenet as mi
 from jmaml.data import omniglot_archive as oa
 from jmaml.data import paths
 from jmaml.errors import JmamlError
 from jmaml.experiment import cli, data_command
-from test_mini_imagenet import _write_all
-from test_omniglot import _write_zip
 
 LABELS = (("a1", "a2", "a3"), ("b1", "b2"), ("c1",))
 
@@ -118,8 +118,8 @@ def test_mini_imagenet_cli_strict_counts_and_missing_files(capsys, tmp_path):
     code, _, err = run_cli(capsys, "data", "mini-imagenet", "--from", str(tmp_path / "mine"))
     assert code == cli.EXIT_BAD_INPUT and err.count("\n") == 1
     assert "has no mini-imagenet-cache-val.pkl" in err and "images/" in err
-    code, _, err = run_cli(capsys, "data", "mini-imagenet", "--from", str(tmp_path / "mine" / "mini-imagenet-cache-"
-                                                                              "train.pkl"))
+    one_pickle = tmp_path / "mine" / "mini-imagenet-cache-train.pkl"
+    code, _, err = run_cli(capsys, "data", "mini-imagenet", "--from", str(one_pickle))
     assert code == cli.EXIT_BAD_INPUT and "missing: mini-imagenet-cache-test.pkl, mini-imagenet-cache-val.pkl" in err
     code, _, err = run_cli(capsys, "data", "mini-imagenet", "--from", str(tmp_path / "empty"))
     assert code == cli.EXIT_BAD_INPUT and "no such file or folder" in err and "train.csv" in err
