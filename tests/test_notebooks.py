@@ -28,12 +28,15 @@ def test_the_examples_are_there():
 
 
 @pytest.fixture
-def kernel(tmp_path, monkeypatch):
-    """A kernel spec running this interpreter with the checkout first on the path, in smoke mode."""
+def kernel(tmp_path, monkeypatch, cache_home):
+    """A kernel spec running this interpreter with the checkout first on the path, in smoke mode.
+
+    Its per-user cache is the session's (``cache_home``), so the resized Omniglot is built once per session.
+    """
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "JMAML_NOTEBOOK_SMOKE": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg"), "MPLBACKEND": "agg"}
+           "JMAML_NOTEBOOK_SMOKE": "1", "XDG_CACHE_HOME": str(cache_home), "MPLBACKEND": "agg"}
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "jmaml test", "language": "python", "env": env}))
