@@ -5,11 +5,9 @@ Build (warnings are errors, as in CI)::
     pip install -e '.[docs]'
     sphinx-build -W --keep-going -b html docs docs/_build/html
 
-Notebooks: to include ``examples/*.ipynb``, add ``"myst_nb"`` (or ``"nbsphinx"``) to
-``extensions`` below (and to the ``docs`` extra), set ``nb_execution_mode = "off"`` so the committed
-outputs are shown as they are, make the notebooks visible under ``docs/`` (Sphinx reads only its
-source folder: a ``docs/examples`` symlink to ``../examples``) and list them in a toctree of
-``index.rst``.
+Notebooks: ``examples/*.ipynb`` are read through the ``docs/examples`` symlink (Sphinx reads only its
+source folder) by myst-nb, which renders the committed outputs without running anything
+(``nb_execution_mode = "off"``); ``tests/test_notebooks.py`` is what runs them.
 """
 
 import os
@@ -31,8 +29,10 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "myst_nb",
 ]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "**/.ipynb_checkpoints"]
+nb_execution_mode = "off"  # show the outputs committed with each notebook, from its full run
 templates_path: list[str] = []
 
 napoleon_google_docstring = True

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="learning curves and meta-test of one or more runs, overlaid")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN")
     plot.add_argument("--out", default="curves.png", help="image file to write (.png, .pdf, .svg)")
+
+    from jmaml.experiment import data_command
+    data_command.add_parser(sub)
     return parser
 
 
@@ -138,6 +141,12 @@ def _plot(args) -> None:
     print(f"written to {plot_runs(args.run_dirs, args.out)}")
 
 
+def _data(args) -> None:
+    from jmaml.experiment.data_command import run
+
+    run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jmaml`` console script; returns the exit status."""
     from jmaml.experiment.train import RunFailed, Stopped
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes are not for the console
     try:
-        {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot}[args.command](args)
+        {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}[args.command](args)
     except JmamlError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
