@@ -101,8 +101,8 @@ def test_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path, sig):
 
 def test_divergence_stops_with_the_last_good_checkpoint(capsys, tmp_path):
     run = tmp_path / "run"
-    code = cli.main(["train", "sinusoid", "--out", str(run), "--steps", "3000", "--set", "meta_lr=1.5",
-                     "--set", "log_every=1", "--set", "checkpoint_every=1", "--set", "hidden=16,16", "--no-progress"])
+    code = cli.main(["train", "sinusoid", "--out", str(run), "--steps", "100", "--set", "meta_lr=1.5",
+                     "--set", "log_every=1", "--set", "checkpoint_every=1", "--no-progress"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_FAILED
     assert err.count("\n") == 1 and err.startswith("error: training diverged at step ")
