@@ -243,3 +243,23 @@ def test_throughput_steps_zero_is_one_error_line():
 def test_throughput_bad_counts(flag, capsys):
     assert runner.main(["--quick", flag, "-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"throughput.py: error: {flag} must be at least 1, got -1"]
+
+
+def test_device_suite_quick_writes_json_and_markdown(tmp_path):
+    """``benchmarks/device_suite.py --quick`` (restricted to jmaml's default and the time-to-accuracy
+    run, each in its own process) writes both result files with the runs' figures."""
+    proc = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--quick", "--out", str(tmp_path),
+                           "--only", "jmaml default", "time to accuracy"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (json_path,), (md_path,) = tmp_path.glob("*.json"), tmp_path.glob("*.md")
+    assert json_path.stem == md_path.stem and json_path.stem.endswith("-cpu")
+    data = json.loads(json_path.read_text())
+    assert {"jax", "commit", "xla_flags", "driver"} <= set(data["environment"])
+    step, tta = data["results"]
+    assert step["status"] == "ok" and step["median_ms"] > 0 and step["grad_rel_err"] == 0.0
+    assert tta["status"] == "ok" and [row["mark"] for row in tta["rows"]] == [0.5, 1.0, 2.0]
+    assert all(row["seconds"] >= row["mark"] for row in tta["rows"])
+    md = md_path.read_text()
+    assert "| omniglot-5w1s | default |" in md and "## Time to accuracy: sinusoid (ok)" in md

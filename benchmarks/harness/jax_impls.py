@@ -83,16 +83,18 @@ def _last_gradient() -> optax.GradientTransformation:
 class JmamlBench(_JaxBench):
     """jmaml's own train step: ``maml`` learner, ``make_train_step``, jitted with the state donated.
 
+    ``options``: the config keys ``conv``, ``precision`` and ``unroll`` (default: the config's).
+
     Only the meta-loss (and, for the equivalence test, the meta-gradient) leaves the program,
     as in a training loop that logs the loss.
     """
 
     def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         model = Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
-                      conv=options.get("conv") or workload.conv)
+                      conv=options.get("conv") or workload.conv, precision=options.get("precision", "float32"))
         _, apply = functional(model)
         learner = algorithms.maml(apply, losses.cross_entropy, inner_lr=workload.inner_lr,
-                                  inner_steps=workload.inner_steps)
+                                  inner_steps=workload.inner_steps, unroll=options.get("unroll", 1))
         optimizer = optax.chain(_last_gradient(), optax.adam(workload.meta_lr))
         state = init_state(learner, optimizer, jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(0))
         train_step = make_train_step(learner, optimizer)

@@ -16,13 +16,13 @@ from jmaml.algorithms import ALGORITHMS, algorithm_options
 from jmaml.core.inner import INNER_OPTIMIZERS
 from jmaml.core.schedules import SCHEDULES
 from jmaml.errors import JmamlError
-from jmaml.models.conv import ConvImpl
+from jmaml.models.conv import ConvImpl, Precision
 
 # Each dataset and the keys that only it reads; every other key applies to every dataset.
 DATASETS: dict[str, tuple[str, ...]] = {
     "sinusoid": ("hidden", "eval_queries"),
-    "omniglot": ("filters", "conv", "image_size", "data_dir", "download", "data_seed"),
-    "mini_imagenet": ("filters", "conv", "data_dir", "data_format"),
+    "omniglot": ("filters", "conv", "precision", "image_size", "data_dir", "download", "data_seed"),
+    "mini_imagenet": ("filters", "conv", "precision", "data_dir", "data_format"),
 }
 # Keys a resumed run may change: they leave the training trajectory as it was.
 RESUMABLE_KEYS = ("steps", "eval_tasks", "eval_batch", "eval_max_steps", "eval_queries", "test_inner_steps",
@@ -50,6 +50,7 @@ class Config:
     test_inner_steps: int = 1
     first_order: bool = False
     remat: bool = False
+    unroll: int = 1
     # outer loop
     meta_lr: float = 1e-3
     lr_schedule: str = "constant"
@@ -59,6 +60,7 @@ class Config:
     hidden: tuple[int, ...] = (40, 40)
     filters: int = 0
     conv: str = "auto"
+    precision: str = "float32"
     # meta-test
     eval_tasks: int = 1000
     eval_queries: int = 100
@@ -207,7 +209,7 @@ def validate(cfg: Config) -> Config:
              f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
     for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
                 "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size",
-                "meta_chunks"):
+                "meta_chunks", "unroll"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{key} must be a positive integer, got {value!r}")
@@ -228,6 +230,8 @@ def validate(cfg: Config) -> Config:
              f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}")
     convs = typing.get_args(ConvImpl)
     _require(cfg.conv in convs, f"conv must be one of {', '.join(convs)}, got {cfg.conv!r}")
+    precisions = typing.get_args(Precision)
+    _require(cfg.precision in precisions, f"precision must be one of {', '.join(precisions)}, got {cfg.precision!r}")
     _require(cfg.inner_optimizer in INNER_OPTIMIZERS,
              f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {cfg.inner_optimizer!r}")
     _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),

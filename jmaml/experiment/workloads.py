@@ -92,7 +92,8 @@ def image_workload(cfg: Config, train_images, test_images, variant: str,
                                         (test_images, eval_batch(cfg), cfg.queries)):
         episodes.validate_episode(images.shape[0], images.shape[1], images.shape[2:], ways=cfg.ways,
                                   shots=cfg.shots, queries=queries, meta_batch=meta_batch)
-    init, apply = functional(Conv4(cfg.ways, variant=variant, filters=cfg.filters or None, conv=cfg.conv))
+    init, apply = functional(Conv4(cfg.ways, variant=variant, filters=cfg.filters or None, conv=cfg.conv,
+                                   precision=cfg.precision))
 
     def sampler(meta_batch):
         def sample(key, images):

@@ -10,6 +10,24 @@ import jax.numpy as jnp
 from jax import lax
 
 ConvImpl = Literal["auto", "xla", "im2col"]
+# "float32": everything in float32. "bf16": convolution and matmul operands in bfloat16, their
+# products accumulated and returned in float32; parameters, BatchNorm and losses stay float32.
+Precision = Literal["float32", "bf16"]
+
+
+def lowered(x: jax.Array, precision: Precision) -> jax.Array:
+    """``x`` as a convolution or matmul operand: bfloat16 under ``"bf16"``, unchanged otherwise."""
+    return x.astype(jnp.bfloat16) if precision == "bf16" else x
+
+
+def _result_type(precision: Precision) -> jnp.dtype | None:
+    """float32 accumulation and result for bfloat16 operands; the operands' own type otherwise."""
+    return jnp.dtype(jnp.float32) if precision == "bf16" else None
+
+
+def matmul(x: jax.Array, w: jax.Array, precision: Precision = "float32") -> jax.Array:
+    """``x @ w``; under ``"bf16"`` with bfloat16 operands, accumulated and returned in float32."""
+    return jnp.matmul(lowered(x, precision), lowered(w, precision), preferred_element_type=_result_type(precision))
 
 
 def resolve_impl(impl: ConvImpl) -> str:
@@ -36,16 +54,21 @@ def im2col(x: jax.Array, size: int, stride: int) -> jax.Array:
     return jnp.concatenate(cols, axis=-1)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: int, impl: ConvImpl) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: int, impl: ConvImpl,
+           precision: Precision = "float32") -> jax.Array:
     """SAME-padded convolution of NHWC ``x`` by an HWIO square ``kernel``, plus ``bias``.
 
-    The math shared by the linen and the NNX :class:`Conv2D`; ``impl`` as there.
+    The math shared by the linen and the NNX :class:`Conv2D`; ``impl`` and ``precision`` as there.
+    Under ``"bf16"`` the result is float32.
     """
     size, _, cin, features = kernel.shape
     if resolve_impl(impl) == "xla":
-        y = lax.conv_general_dilated(x, kernel, (strides,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = lax.conv_general_dilated(lowered(x, precision), lowered(kernel, precision), (strides,) * 2, "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     preferred_element_type=_result_type(precision))
     else:
-        y = im2col(x, size, strides) @ kernel.reshape(size * size * cin, features)
+        y = matmul(im2col(lowered(x, precision), size, strides),
+                   kernel.reshape(size * size * cin, features), precision)
     return y + bias
 
 
@@ -65,12 +88,15 @@ class Conv2D(nn.Module):
       kernel_size: side of the square kernel.
       strides: stride in both spatial dimensions.
       impl: ``"auto"`` (im2col on CPU, xla elsewhere), ``"xla"`` or ``"im2col"``.
+      precision: ``"float32"``, or ``"bf16"`` (bfloat16 operands, float32 accumulation and result;
+        the parameters stay float32).
     """
 
     features: int
     kernel_size: int = 3
     strides: int = 1
     impl: ConvImpl = "auto"
+    precision: Precision = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -78,4 +104,4 @@ class Conv2D(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (size, size, cin, self.features),
                             x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), x.dtype)
-        return conv2d(x, kernel, bias, self.strides, self.impl)
+        return conv2d(x, kernel, bias, self.strides, self.impl, self.precision)

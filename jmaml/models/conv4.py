@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmaml.models.conv import Conv2D, ConvImpl
+from jmaml.models.conv import Conv2D, ConvImpl, Precision, matmul
 from jmaml.models.norm import BatchStatNorm
 
 
@@ -27,6 +27,8 @@ class Conv4(nn.Module):
       variant: ``"omniglot"`` or ``"mini_imagenet"``.
       filters: overrides the variant's filter count (tiny models for tests).
       conv: how convolutions are lowered (see :class:`~jmaml.models.conv.Conv2D`).
+      precision: ``"float32"``, or ``"bf16"``: the convolutions and the head's matmul take bfloat16
+        operands and accumulate in float32; parameters, BatchNorm and the logits stay float32.
 
     References:
       Finn, Abbeel & Levine (2017), section 5.2. https://arxiv.org/abs/1703.03400
@@ -37,15 +39,35 @@ class Conv4(nn.Module):
     variant: Literal["omniglot", "mini_imagenet"] = "omniglot"
     filters: int | None = None
     conv: ConvImpl = "auto"
+    precision: Precision = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         omniglot = self.variant == "omniglot"
         filters = self.filters or (64 if omniglot else 32)
         for block in range(4):
-            x = Conv2D(filters, 3, strides=2 if omniglot else 1, impl=self.conv, name=f"conv{block}")(x)
+            x = Conv2D(filters, 3, strides=2 if omniglot else 1, impl=self.conv, precision=self.precision,
+                       name=f"conv{block}")(x)
             x = nn.relu(BatchStatNorm(name=f"norm{block}")(x))
             if not omniglot:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         x = jnp.mean(x, axis=(-3, -2)) if omniglot else x.reshape(x.shape[:-3] + (-1,))
-        return nn.Dense(self.ways, name="head")(x)
+        return Head(self.ways, self.precision, name="head")(x)
+
+
+class Head(nn.Module):
+    """The linear output layer; parameters (and their initial values) exactly those of ``nn.Dense``.
+
+    Attributes:
+      features: outputs.
+      precision: as :class:`Conv4`'s.
+    """
+
+    features: int
+    precision: Precision = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return matmul(x, kernel, self.precision) + bias
