@@ -100,8 +100,8 @@ def child(spec: dict, out: Path) -> None:
     else:
         import jax
 
-        from benchmarks.harness.runner import IMPLS
         from benchmarks.harness.measure import measure
+        from benchmarks.harness.runner import IMPLS
         from benchmarks.harness.workloads import select
 
         workload = select([spec["workload"]], spec["quick"])[0]

@@ -10,8 +10,10 @@ after (a flipped bit is an error, not a silent ``nan``).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -72,6 +74,8 @@ def save(directory: str, step: int, state: Any) -> None:
                                                         record=ocp.args.JsonSave(record)), force=True)
             mgr.wait_until_finished()
     except Exception as err:  # orbax surfaces OSError wrapped in several types
+        for leftover in glob.glob(os.path.join(glob.escape(os.path.abspath(directory)), f"{int(step)}.*tmp*")):
+            shutil.rmtree(leftover, ignore_errors=True)  # the half-written step, never taken as complete
         previous = latest_step(directory)
         intact = f"checkpoint {previous} is intact" if previous is not None else "no checkpoint was saved before"
         raise CheckpointError(f"could not save checkpoint {step} in {directory}: {_first_line(err)}; "
