@@ -263,3 +263,18 @@ def test_copy_of_a_run_folder_resumes(tmp_path):
     done = jmaml("resume", str(moved), "--steps", "150", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert metric_steps(moved) == [50, 100, 150]
+
+
+def test_relative_data_dir_survives_a_cd(capsys, tmp_path, monkeypatch, omniglot_dir, cache_home):
+    """--data-dir is stored absolute, so `jmaml eval` works from another folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.chdir(omniglot_dir.parent)
+    run = tmp_path / "run"
+    assert cli.main(["train", "omniglot-5w1s", "--out", str(run), "--data-dir", omniglot_dir.name, "--steps", "2",
+                     "--set", "filters=4", "--set", "meta_batch=2", "--set", "log_every=2", "--set", "eval_tasks=4",
+                     "--set", "eval_batch=4", "--set", "eval_max_steps=3", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(omniglot_dir)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["eval", str(run)]) == 0
+    assert "checkpoint step 2" in capsys.readouterr().out
