@@ -92,9 +92,18 @@ def test_config_roundtrip():
         assert Config.from_json(cfg.to_json()) == cfg
 
 
-def test_periodic_checkpoints_keep_the_latest(capsys, tmp_path):
+def test_periodic_checkpoints_keep_the_latest(capsys, tmp_path, monkeypatch):
+    from jmaml.experiment import checkpoint
+
+    written = []
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda directory, step, state: (written.append(step),
+                                                                            save(directory, step, state)))
     out = tmp_path / "run"
-    code, _, _ = run_cli(capsys, "train", "sinusoid", "--steps", "7", "--out", str(out), "--no-progress",
-                         "--set", "log_every=2", "--set", "checkpoint_every=4", "--set", "eval_tasks=10")
+    code, _, _ = run_cli(capsys, "train", "sinusoid", "--steps", "9", "--out", str(out), "--no-progress",
+                         "--set", "log_every=2", "--set", "checkpoint_every=2", "--set", "eval_tasks=10",
+                         "--set", "hidden=8")
     assert code == 0
-    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [4, 7]
+    assert written == [2, 4, 6, 8, 9] and len(written) > checkpoint.KEEP  # four periodic ones and the final one
+    kept = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == written[-checkpoint.KEEP:]

@@ -1,0 +1,92 @@
+"""The command line as the user runs it: ``python -m jmaml`` (and the installed ``jmaml`` script) as a
+process, its exit status, stdout and stderr."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "jmaml"
+LAUNCHERS = [pytest.param([sys.executable, "-m", "jmaml"], id="python-m-jmaml")]
+if SCRIPT.is_file():
+    LAUNCHERS.append(pytest.param([str(SCRIPT)], id="jmaml-script"))
+
+
+def run(launcher, *args, cwd):
+    """Runs the command with this checkout's ``jmaml`` first on the path; returns (code, stdout, stderr)."""
+    path = [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    done = subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny sinusoid run trained by ``python -m jmaml train``."""
+    where = tmp_path_factory.mktemp("cli")
+    code, out, err = run(LAUNCHERS[0].values[0], "train", "sinusoid", "--steps", "4", "--out", "run", "--no-progress",
+                         "--set", "log_every=2", "--set", "hidden=8", "--set", "meta_batch=4", "--set", "eval_tasks=10",
+                         "--set", "eval_max_steps=2", cwd=where)
+    return where, code, out, err
+
+
+def test_train_prints_the_meta_test_and_saves_the_run(trained):
+    where, code, out, err = trained
+    assert code == 0, err
+    assert "error" not in err
+    lines = out.splitlines()
+    assert lines[0].startswith("meta-test over 10 tasks, mse after 1 inner steps: ")
+    assert lines[-1] == f"run saved in {where / 'run'}"
+    steps = [json.loads(line)["step"] for line in (where / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    result = json.loads((where / "run" / "eval.json").read_text())
+    assert result["tasks"] == 10 and f"{result['mean']:.4f}" in lines[0]
+
+
+def test_eval_of_the_run(trained):
+    where, code, _, _ = trained
+    assert code == 0
+    code, out, err = run(LAUNCHERS[0].values[0], "eval", "run", "--tasks", "10", cwd=where)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"checkpoint step 4 of {where / 'run'}"
+    assert lines[1].startswith("meta-test over 10 tasks, mse after 1 inner steps: ")
+    written = lines[-1].removeprefix("written to ")
+    assert lines[-1].startswith("written to ") and Path(written).is_file()
+    again = json.loads(Path(written).read_text())
+    saved = json.loads((where / "run" / "eval.json").read_text())
+    assert again["tasks"] == saved["tasks"] and again["per_step"] == pytest.approx(saved["per_step"], rel=1e-5)
+
+
+def test_plot_of_the_run(trained):
+    pytest.importorskip("matplotlib")
+    where, code, _, _ = trained
+    assert code == 0
+    code, out, err = run(LAUNCHERS[0].values[0], "plot", "run", "--out", "curves.png", cwd=where)
+    assert code == 0, err
+    assert out == f"written to {where / 'curves.png'}\n"
+    assert (where / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+BAD_INPUT = [
+    (["train", "sinuosid"], "error: unknown config 'sinuosid'; choose one of: sinusoid, "),
+    (["train", "sinusoid", "--set", "meta_batch=many"], "error: config key 'meta_batch' needs an integer, got 'many'"),
+    (["eval", "not-a-run"], "error: not-a-run is not a jmaml run folder (no config.json)"),
+]
+# python -m jmaml on every bad input; the installed script (when there is one) on the first
+CASES = [pytest.param(LAUNCHERS[0].values[0], *case, id=f"python-m-{i}") for i, case in enumerate(BAD_INPUT)]
+CASES += [pytest.param(launcher.values[0], *BAD_INPUT[0], id="script") for launcher in LAUNCHERS[1:]]
+
+
+@pytest.mark.parametrize("launcher, args, message", CASES)
+def test_bad_input_exits_2_with_one_error_line(tmp_path, launcher, args, message):
+    code, out, err = run(launcher, *args, cwd=tmp_path)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert err.startswith(message), err
+    assert os.listdir(tmp_path) == []  # nothing was written
