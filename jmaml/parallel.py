@@ -157,7 +157,7 @@ def shard(tasks: Any, mesh: Mesh) -> Any:
 def abstract(tree: Any, mesh: Mesh) -> Any:
     """``ShapeDtypeStruct``s of ``tree`` carrying the replicated sharding (restore targets, lowering)."""
     sharding = replicated(mesh)
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.result_type(a), sharding=sharding), tree)
 
 
 # --------------------------------------------------------------------------- processes
