@@ -118,7 +118,12 @@ def restore(directory: str, template: Any, step: int | None = None) -> tuple[Any
         except Exception as err:
             raise JmamlError(f"{where} cannot be read ({_first_line(err)}): it is damaged") from None
         _check_shapes(record["leaves"], _leaf_records(template), where)
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), template)
+        # the target's sharding (the template's, else the first local device) lets a checkpoint saved on
+        # another device or process count restore here
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype,
+                                                               sharding=getattr(a, "sharding", None) or default),
+                                template)
         try:
             state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as err:

@@ -39,12 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set inner_lr=0.1 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress output")
+    _distributed_arguments(train)
 
     resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
     resume.add_argument("run_dir")
     resume.add_argument("--steps", type=int, help="train to this many steps in all (default: the run's)")
     resume.add_argument("--data-dir", help="data folder, if it moved since training")
     resume.add_argument("--no-progress", action="store_true", help="no progress output")
+    _distributed_arguments(resume)
 
     evaluate = sub.add_parser("eval", help="meta-test a trained run again from its latest checkpoint")
     evaluate.add_argument("run_dir")
@@ -58,6 +60,36 @@ def _parser() -> argparse.ArgumentParser:
     from jmaml.experiment import data_command
     data_command.add_parser(sub)
     return parser
+
+
+def _distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process runs (every process runs the same command)")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a jax.distributed run: detected on SLURM, Open MPI and Cloud TPU, or given by "
+                            "--coordinator, --num-processes and --process-id")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (implies --distributed)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    group.add_argument("--distributed-timeout", type=int, default=300, metavar="SECONDS",
+                       help="how long to wait for all processes to connect (default 300)")
+
+
+def _start_processes(args) -> None:
+    """``jax.distributed.initialize`` before anything touches a device, when asked for."""
+    explicit = any(getattr(args, k, None) is not None for k in ("coordinator", "num_processes", "process_id"))
+    if getattr(args, "distributed", False) or explicit:
+        from jmaml import parallel
+
+        parallel.initialize(args.coordinator, args.num_processes, args.process_id, timeout=args.distributed_timeout)
+
+
+def _say(*lines: str) -> None:
+    """Console output, from process 0 only."""
+    from jmaml import parallel
+
+    if parallel.is_main_process():
+        for line in lines:
+            print(line)
 
 
 def format_eval(result: dict) -> str:
@@ -92,8 +124,7 @@ def _train(args) -> None:
         raise JmamlError("--resume needs the run folder: pass --out DIR (or use `jmaml resume DIR`)")
     out = args.out or os.path.join("runs", f"{args.config}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(format_eval(result))
-    print(f"run saved in {os.path.abspath(out)}")
+    _say(format_eval(result), f"run saved in {os.path.abspath(out)}")
 
 
 def _resume(args) -> None:
@@ -111,8 +142,7 @@ def _resume(args) -> None:
         overrides["data_dir"] = os.path.abspath(args.data_dir)
     cfg = validate(dataclasses.replace(cfg, **overrides))
     result = train(cfg, args.run_dir, resume=True, progress=not args.no_progress)
-    print(format_eval(result))
-    print(f"run saved in {os.path.abspath(args.run_dir)}")
+    _say(format_eval(result), f"run saved in {os.path.abspath(args.run_dir)}")
 
 
 def _eval(args) -> None:
@@ -155,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes are not for the console
     try:
+        _start_processes(args)
         {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}[args.command](args)
     except JmamlError as err:
         print(f"error: {err}", file=sys.stderr)

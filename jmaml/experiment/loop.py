@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmaml import parallel
 from jmaml.core.learner import MetaLearner
 from jmaml.core.step import TrainState, make_train_step, scan_steps
 from jmaml.core.types import PyTree, Tasks
@@ -86,12 +87,18 @@ class Trainer:
       data: what ``sample_tasks`` draws from, an argument of every chunk (not baked in).
       chunk: meta-steps per dispatch.
       meta_chunks: split of the meta-batch for gradient accumulation.
+      mesh: the devices to train on (:func:`jmaml.parallel.make_mesh`): the state and ``data`` are
+        replicated there (the caller places them with :func:`jmaml.parallel.replicate`) and the
+        sampled tasks split over the devices. None: the default device, unsharded.
     """
 
     def __init__(self, learner: MetaLearner, optimizer: optax.GradientTransformation,
                  sample_tasks: Callable[[jax.Array, PyTree], Tasks], data: PyTree, *, chunk: int,
-                 meta_chunks: int = 1):
+                 meta_chunks: int = 1, mesh: jax.sharding.Mesh | None = None):
+        if mesh is not None:
+            sample_tasks = parallel.shard_tasks(sample_tasks, mesh)
         self.learner, self.optimizer, self.sample_tasks, self.data = learner, optimizer, sample_tasks, data
+        self.mesh = mesh
         self.chunk, self.meta_chunks = chunk, meta_chunks
         self._compiled: dict[tuple[Any, int], Any] = {}
 
@@ -113,8 +120,13 @@ class Trainer:
                 state, metrics = scan_steps(step, n)(state, data)
                 return state, metrics, _all_finite((state.meta_params, state.opt_state))
 
-            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
-            lowered = jax.jit(chunk_fn, donate_argnums=0).lower(abstract, self.data)
+            if self.mesh is None:
+                abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
+                jitted = jax.jit(chunk_fn, donate_argnums=0)
+            else:
+                abstract = parallel.abstract(state, self.mesh)
+                jitted = parallel.shard_fn(chunk_fn, self.mesh, donate_argnums=(0,))
+            lowered = jitted.lower(abstract, self.data)
             self._compiled[phase, n] = lowered.compile()
         return self._compiled[phase, n]
 

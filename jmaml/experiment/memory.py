@@ -14,7 +14,7 @@ GiB = 2 ** 30
 
 def available_bytes(device: jax.Device | None = None) -> int | None:
     """Memory a program can use on ``device``: the accelerator's limit, or the host's available RAM."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -52,6 +52,6 @@ def check_fits(need: int | None, what: str, drivers: str) -> None:
     have = available_bytes()
     if need is None or have is None or need <= have:
         return
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     raise JmamlError(f"{what} needs {need / GiB:.1f} GiB but {device.platform} device {device.id} has "
                      f"{have / GiB:.1f} GiB available; {drivers}")

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from jmaml import parallel
 from jmaml.errors import JmamlError
 from jmaml.evaluation import meta_test
 from jmaml.experiment import checkpoint, memory, runs
@@ -111,9 +112,19 @@ def resume_config(saved: Config, requested: Config) -> Config:
     return requested
 
 
-def meta_test_of(cfg: Config, workload: Workload, learner, meta_params) -> dict:
-    """The config's meta-test of ``meta_params``: mean +- 95% interval after 0..K inner steps."""
-    return meta_test(learner, meta_params, workload.test_tasks, workload.test_data, key=keys(cfg)[2],
+def meta_test_of(cfg: Config, workload: Workload, learner, meta_params, mesh=None) -> dict:
+    """The config's meta-test of ``meta_params``: mean +- 95% interval after 0..K inner steps; with a
+    ``mesh``, each batch of test tasks is split over its devices when their count divides the batch
+    (single-process runs; a multi-process run scores every batch whole on every device)."""
+    sample, data = workload.test_tasks, workload.test_data
+    if mesh is not None:
+        meta_params = parallel.replicate(meta_params, mesh)
+        data = parallel.replicate(data, mesh) if data is not None else None
+        # split over the devices when they divide the batch; not across processes, whose per-task
+        # scores evaluation.meta_test could not fetch (it reads them with np.asarray)
+        if eval_batch(cfg) % mesh.size == 0 and not parallel.multi_process():
+            sample = parallel.shard_tasks(sample, mesh)
+    return meta_test(learner, meta_params, sample, data, key=keys(cfg)[2],
                      num_tasks=cfg.eval_tasks, batch=eval_batch(cfg),
                      max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric)
 
@@ -138,8 +149,30 @@ def _program_fits(trainer: Trainer, cfg: Config, start: int, template: Any) -> N
                       "to cut it, or lower meta_batch")
 
 
+class _SharedFolder:
+    """The run folder as seen by a process other than 0 of a multi-process run: it writes nothing
+    there but its part of the orbax checkpoints (process 0 claims, locks and writes the folder)."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def release(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
 def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True) -> dict:
     """Meta-trains ``cfg`` in the run folder ``out`` (or continues it), then meta-tests it.
+
+    Training uses every device of every process (:mod:`jmaml.parallel`): the state is replicated,
+    the sampled meta-batch split over the devices, with the same trajectory as on one device.
+    In a multi-process run only process 0 writes the folder and the console output, and every
+    process takes part in the checkpoints.
 
     Everything that can be wrong with the input (config, folder, data, memory) is checked
     before the first step runs.
@@ -153,14 +186,20 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
       Stopped: SIGINT or SIGTERM; a checkpoint of the step reached was saved.
       RunFailed: divergence or a failed checkpoint write; the last good checkpoint stays.
     """
-    with stop_signals() as caught:  # from the start: a signal during loading or compiling stops at step 0
-        folder = runs.RunFolder(out, resume=resume)
+    main = parallel.is_main_process()
+    parallel.agree(cfg.to_json(), "configs")
+    # Signals from the start: one during loading or compiling stops at step 0. Single-process only: in a
+    # jax.distributed run a Python handler would replace JAX's preemption notifier (SCALEOUT.md, trap 4).
+    with (stop_signals() if not parallel.multi_process() else contextlib.nullcontext([])) as caught:
+        folder = runs.RunFolder(out, resume=resume) if main else _SharedFolder(out)
         try:
             if resume:
                 cfg = resume_config(runs.load_config(folder.path), cfg)
+            mesh = parallel.make_mesh()
+            parallel.check_meta_batch(cfg.meta_batch, mesh.size, meta_chunks=cfg.meta_chunks)
             _data_fits(cfg)
             workload = make_workload(cfg)
-            for summary in workload.data_summary:
+            for summary in workload.data_summary if main else ():
                 print(summary_line(summary), file=sys.stderr)
             setup = build(cfg, workload)
             template = setup.template()
@@ -170,16 +209,21 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
                 start = checkpoint.latest_step(ckpt_dir)
                 if start is None:
                     raise JmamlError(f"{folder.path} holds no finished checkpoint to resume from; start a new run")
-            trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, workload.train_data,
-                              chunk=cfg.log_every, meta_chunks=cfg.meta_chunks)
+            data = parallel.replicate(workload.train_data, mesh) if workload.train_data is not None else None
+            trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, data,
+                              chunk=cfg.log_every, meta_chunks=cfg.meta_chunks, mesh=mesh)
             if start < cfg.steps:
                 _program_fits(trainer, cfg, start, template)
-            state = checkpoint.restore(ckpt_dir, template, start)[0] if resume else setup.init()
+            if resume:
+                state = checkpoint.restore(ckpt_dir, parallel.abstract(template, mesh), start)[0]
+            else:
+                state = setup.init()
+            state = parallel.replicate(state, mesh)
         except BaseException:
             folder.release() if resume else folder.discard()
             raise
         try:
-            return _run(cfg, folder, workload, setup, trainer, state, start, progress, caught)
+            return _run(cfg, folder, workload, setup, trainer, state, start, progress and main, caught)
         finally:
             folder.release()
 
@@ -187,14 +231,16 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
 def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer: Trainer, state, start: int,
          progress: bool, caught: list[str]) -> dict:
     ckpt_dir = folder.file(runs.CHECKPOINTS)
-    if start:
-        runs.truncate_metrics(folder.path, start)
-    else:
-        runs.write_json(folder.file(runs.CONFIG), dataclasses.asdict(cfg))
-    runs.write_json(folder.file(runs.DATA), {"splits": list(workload.data_summary)})
-    previous = runs.read_metrics(folder.path)
+    main = parallel.is_main_process()
+    if main:
+        if start:
+            runs.truncate_metrics(folder.path, start)
+        else:
+            runs.write_json(folder.file(runs.CONFIG), dataclasses.asdict(cfg))
+        runs.write_json(folder.file(runs.DATA), {"splits": list(workload.data_summary)})
+    previous = runs.read_metrics(folder.path) if main else []
     clock = Clock(offset=previous[-1]["seconds"] if previous else 0.0)
-    log = runs.MetricsLog(folder.path, purge_step=start + 1 if start else None)
+    log = runs.MetricsLog(folder.path, purge_step=start + 1 if start else None) if main else _NoLog()
     bar = Progress(cfg.steps, start, progress)
     saved = {"step": start, "time": time.monotonic()}
 
@@ -215,11 +261,22 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
         checkpoint.save(ckpt_dir, step, state)
         saved.update(step=step, time=time.monotonic())
 
+    reached = {"step": start}
+
+    def step_hook(step, state, metrics, clock):
+        reached["step"] = step
+
+    def should_stop():
+        if parallel.multi_process():  # every process calls the sync point at every chunk boundary
+            if parallel.reached_preemption(reached["step"]):
+                caught.append("SIGTERM")
+        return bool(caught)
+
     clock_start = clock.seconds()
     try:
         try:
-            state = trainer.fit(state, cfg.steps, hooks=(log_hook, checkpoint_hook),
-                                should_stop=lambda: bool(caught), clock=clock)
+            state = trainer.fit(state, cfg.steps, hooks=(step_hook, log_hook, checkpoint_hook),
+                                should_stop=should_stop, clock=clock)
         except Diverged as err:
             log.write(err.step, _chunk_values(err.metrics))
             last = checkpoint.latest_step(ckpt_dir)
@@ -236,11 +293,22 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
     finally:
         bar.close()
         log.close()
-    result = meta_test_of(cfg, workload, setup.learner, state.meta_params)
+    result = meta_test_of(cfg, workload, setup.learner, state.meta_params, trainer.mesh)
     result["train_seconds"] = clock.seconds()
-    runs.write_json(folder.file(runs.EVAL), result)
-    _plot(folder.path)
+    if main:
+        runs.write_json(folder.file(runs.EVAL), result)
+        _plot(folder.path)
     return result
+
+
+class _NoLog:
+    """The metrics log of a process other than 0: writes nothing."""
+
+    def write(self, step: int, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _plot(path: str) -> None:
