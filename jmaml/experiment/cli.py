@@ -147,14 +147,14 @@ def _resume(args) -> None:
 
 def _eval(args) -> None:
     from jmaml.experiment import runs
-    from jmaml.experiment.train import evaluate
+    from jmaml.experiment.train import meta_test_checkpoint
 
     overrides = {}
     if args.tasks is not None:
         overrides["eval_tasks"] = args.tasks
     if args.data_dir is not None:
         overrides["data_dir"] = os.path.abspath(args.data_dir)
-    result = evaluate(args.run_dir, overrides)
+    result = meta_test_checkpoint(args.run_dir, overrides)
     print(f"checkpoint step {result['checkpoint_step']} of {os.path.abspath(args.run_dir)}")
     print(format_eval(result))
     path = os.path.join(args.run_dir, runs.eval_file(result["checkpoint_step"], result["tasks"]))

@@ -322,7 +322,7 @@ def _plot(path: str) -> None:
     plot_runs([path], os.path.join(path, runs.CURVES))
 
 
-def evaluate(path: str, overrides: dict | None = None) -> dict:
+def meta_test_checkpoint(path: str, overrides: dict | None = None) -> dict:
     """The meta-test of the latest checkpoint of the run in ``path`` (nothing is written).
 
     ``overrides`` may change the meta-test (``eval_tasks``) and where the data is
