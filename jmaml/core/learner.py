@@ -215,7 +215,19 @@ class MetaLearner:
 
         if self.remat:
             step = jax.checkpoint(step)
-        (params, _), observed = lax.scan(step, (params, state), jnp.arange(steps), unroll=self.unroll)
+        ks = jnp.arange(steps)
+        if steps == 0:
+            (params, _), observed = lax.scan(step, (params, state), ks)
+            return params, observed
+        # Step 0 runs outside the scan, at the parameters as given: under the vmap over tasks they
+        # are the shared meta-parameters, so its forward and backward passes are ordinary
+        # convolutions (matmuls) over all tasks' support examples. Inside the scan the carry must be
+        # batched, which would broadcast the meta-parameters to every task and turn this pass into
+        # a grouped convolution (one group per task). Same arithmetic either way.
+        carry, first = step((params, state), ks[0])
+        (params, _), observed = lax.scan(step, carry, ks[1:], unroll=self.unroll)
+        if observe is not None:
+            observed = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, observed)
         return params, observed
 
     def adapt(self, meta_params: PyTree, x_support: jax.Array, y_support: jax.Array,
