@@ -143,10 +143,10 @@ def convolutions(module: dict[str, Any]) -> list[Convolution]:
             labels = re.search(r"dim_labels=(\S+?),", attrs + ",")[1]
             group = lambda key: int(m[1]) if (m := re.search(key + r"=(\d+)", attrs)) else 1  # noqa: E731
             lhs_labels, out_labels = labels.split("_")[0], labels.split("->")[1]
+            dilated = "lhs_dilate" in attrs or "rhs_dilate" in attrs
             found.append(Convolution(name, module["shapes"].get(operands[0]) or (), module["shapes"].get(operands[1])
                                      or (), _dims(type_text) or (), labels, group("feature_group_count"),
-                                     group("batch_group_count"),
-                                     "lhs_dilate" not in attrs and "rhs_dilate" not in attrs and lhs_labels == out_labels))
+                                     group("batch_group_count"), not dilated and lhs_labels == out_labels))
     return found
 
 
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
           "Fusions: `fusion` instructions; kernels: instructions of the scheduled computations other than "
           "parameter/constant/tuple/get-tuple-element/bitcast; first inner forward: the first layer's pass "
           "over all tasks' support images at the meta-parameters.\n")
-    print("| workload | option | fusions | kernels | convolutions | dots | first inner forward |\n|---|---|---|---|---|---|---|")
+    print("| workload | option | fusions | kernels | convolutions | dots | first inner forward |\n"
+          "|---|---|---|---|---|---|---|")
     for w, name, c, first in rows:
         print(f"| {w.title} | {name} | {c['fusions']} | {c['kernels']} | {c['convolutions']} | {c['dots']} | {first} |")
     return 0
