@@ -1,11 +1,17 @@
-"""Memory of one meta-gradient as the inner loop grows: jmaml (scan, remat, chunks) vs plain JAX.
+"""Memory of one meta-gradient as the inner loop grows: jmaml (default and options) vs plain JAX.
 
 Compiles (does not run) the meta-gradient of a named config's episode (the throughput benchmark's
 workloads, :mod:`benchmarks.harness.workloads`) at several inner-step counts and reports XLA's
-memory analysis of each program: temporary buffers plus arguments and outputs, which is what the
-device must hold at the peak. Default: ``omniglot-20w1s`` (20-way 1-shot, 5 queries, 16 tasks).
+memory analysis of each program: temporary buffers plus arguments and outputs, less the bytes
+aliased between them (``compiled.memory_analysis()``), which is what the device must hold at the
+peak. Default: ``omniglot-20w1s`` (20-way 1-shot, 5 queries, 16 tasks), 5 and 20 inner steps.
 
-    python benchmarks/memory.py [--workload omniglot-20w1s] [--steps 5 10 20] [--chunks 4]
+Columns: plain JAX (the harness's unrolled Python loop, XLA's convolution), jmaml's default
+(``conv=auto``: im2col on CPU, XLA's convolution elsewhere; the inner loop a ``lax.scan``), and
+jmaml with each option: both lowerings with the loop scanned or fully unrolled, ``remat``, and
+``remat`` with the meta-batch in chunks. Prints one Markdown table, steps by implementation.
+
+    python benchmarks/memory.py [--workload omniglot-20w1s] [--steps 5 20] [--chunks 4] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from jmaml import algorithms, losses  # noqa: E402
 from jmaml.core.step import meta_gradient  # noqa: E402
 from jmaml.core.types import Tasks  # noqa: E402
 from jmaml.models import Conv4, functional  # noqa: E402
+from jmaml.models.conv import resolve_impl  # noqa: E402
 
 
 def abstract_tasks(w) -> Tasks:
@@ -40,54 +47,74 @@ def abstract_tasks(w) -> Tasks:
 
 
 def program_bytes(fn, *args) -> tuple[int, float]:
+    """Compiled memory of ``jax.jit(fn)`` (temp + arguments + outputs - aliased) and its compile seconds."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
-    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes, seconds
+    return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes,
+            seconds)
+
+
+def variants(chunks: int) -> dict[str, tuple[str, dict, int]]:
+    """Column name -> (Conv4 ``conv``, MetaLearner fields, chunks) of each jmaml program measured."""
+    return {
+        "jmaml default": ("auto", {}, 1),
+        "conv=xla": ("xla", {}, 1),
+        "conv=im2col, unroll=full": ("im2col", {"unroll": True}, 1),
+        "conv=xla, unroll=full": ("xla", {"unroll": True}, 1),
+        "remat": ("auto", {"remat": True}, 1),
+        f"remat + {chunks} chunks": ("auto", {"remat": True}, chunks),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="omniglot-20w1s", choices=list(WORKLOADS), metavar="CONFIG",
                         help=f"one of {', '.join(WORKLOADS)}")
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--chunks", type=int, default=4)
-    parser.add_argument("--conv", default="auto", choices=("auto", "xla", "im2col"),
-                        help="jmaml's convolution lowering (auto: im2col on CPU, xla elsewhere)")
-    parser.add_argument("--no-plain", action="store_true", help="skip plain JAX (slow to compile)")
+    parser.add_argument("--quick", action="store_true", help="the workload's tiny version (seconds)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="measure only these columns (plain JAX, jmaml default, conv=xla, ...)")
     args = parser.parse_args(argv)
 
-    base = select([args.workload], quick=False)[0]
+    base = select([args.workload], quick=args.quick)[0]
     params = jax.tree.map(jnp.asarray, init_params(base))
-    _, apply = functional(Conv4(base.ways, variant=base.variant, filters=base.filters, conv=args.conv))
-    rows = []
+    columns = ["plain JAX", *variants(args.chunks)]
+    if args.only:
+        unknown = sorted(set(args.only) - set(columns))
+        if unknown:
+            parser.error(f"unknown --only column(s) {unknown}; choose from {columns}")
+        columns = [c for c in columns if c in args.only]
+    cells: dict[tuple[int, str], tuple[int, float]] = {}
     for steps in args.steps:
         w = dataclasses.replace(base, inner_steps=steps)
         tasks = abstract_tasks(w)
-        learner = algorithms.maml(apply, losses.cross_entropy, inner_lr=w.inner_lr, inner_steps=steps)
-        meta_params = learner.init(params)
-        variants = {
-            f"jmaml (lax.scan, conv={args.conv})": (learner, 1),
-            "jmaml, remat": (dataclasses.replace(learner, remat=True), 1),
-            f"jmaml, remat + {args.chunks} chunks": (dataclasses.replace(learner, remat=True), args.chunks),
-        }
-        for name, (lrn, chunks) in variants.items():
-            fn = lambda mp, t, lrn=lrn, chunks=chunks: meta_gradient(lrn, mp, t, chunks=chunks)  # noqa: E731
-            rows.append((steps, name, *program_bytes(fn, meta_params, tasks)))
-            print(rows[-1], file=sys.stderr, flush=True)
-        if not args.no_plain:
-            rows.append((steps, "plain JAX (unrolled loop)",
-                         *program_bytes(jax.value_and_grad(plain_meta_loss(w)), params, tasks)))
-            print(rows[-1], file=sys.stderr, flush=True)
+        for name in columns:
+            if name == "plain JAX":
+                cells[steps, name] = program_bytes(jax.value_and_grad(plain_meta_loss(w)), params, tasks)
+            else:
+                conv, fields, chunks = variants(args.chunks)[name]
+                _, apply = functional(Conv4(w.ways, variant=w.variant, filters=w.filters, conv=conv))
+                learner = dataclasses.replace(
+                    algorithms.maml(apply, losses.cross_entropy, inner_lr=w.inner_lr, inner_steps=steps), **fields)
+                fn = lambda mp, t, lrn=learner, c=chunks: meta_gradient(lrn, mp, t, chunks=c)  # noqa: E731
+                cells[steps, name] = program_bytes(fn, learner.init(params), tasks)
+            print(f"{steps} steps, {name}: {cells[steps, name][0] / 2**20:.1f} MiB, "
+                  f"compiled in {cells[steps, name][1]:.1f} s", file=sys.stderr, flush=True)
 
     env = describe()
     print(f"{re.sub(r'[0-9]+ steps?', 'K inner steps', base.title)}: XLA memory analysis of one meta-gradient "
-          f"(temp + arguments + outputs), compiled for {env['jax_device']}, jax {env['jax']}, commit "
-          f"{env['commit']}, {env['date']}.\n")
-    print("| inner steps | implementation | program memory | compile s |\n|---|---|---|---|")
-    for steps, name, size, seconds in rows:
-        print(f"| {steps} | {name} | {size / 2**20:.0f} MiB | {seconds:.1f} |")
+          f"(temp + arguments + outputs - aliased, MiB; in brackets: relative to plain JAX), compiled for "
+          f"{env['jax_device']}, jax {env['jax']}, commit {env['commit']}, {env['date']}. `conv=auto` is "
+          f"`{resolve_impl('auto')}` on this backend; plain JAX uses XLA's convolution.\n")
+    print("| inner steps | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
+    for steps in args.steps:
+        plain = cells.get((steps, "plain JAX"), (0, 0))[0]
+        row = [f"{cells[steps, c][0] / 2**20:.0f}" + (f" ({cells[steps, c][0] / plain:.2f})" if plain else "")
+               for c in columns]
+        print(f"| {steps} | " + " | ".join(row) + " |")
     return 0
 
 

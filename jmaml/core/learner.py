@@ -97,9 +97,11 @@ class MetaLearner:
         meta-steps are first order, the later ones use ``first_order``. The one way to train
         with it is the host-side switch :meth:`at_step`, which returns one of two fixed learners.
       remat: rematerialise each inner step in the backward pass (``jax.checkpoint``): the
-        meta-gradient then stores the parameters between steps rather than every activation, so
+        meta-gradient then stores the parameters between steps rather than any activation, so
         memory still grows with the number of inner steps, but far slower, for about one more
-        forward pass per step.
+        forward pass per step. Without it, each step keeps only its matmul and convolution
+        outputs (``jax.checkpoint_policies.dots_saveable``) and recomputes the elementwise
+        operations between them.
 
     References:
       Finn, Abbeel & Levine (2017). Model-Agnostic Meta-Learning for Fast Adaptation of
@@ -213,9 +215,28 @@ class MetaLearner:
             params = optax.apply_updates(params, updates)
             return (params, state), (observe(params) if observe is not None else None)
 
+        # The meta-gradient keeps each inner step's residuals; by default only the matmul and
+        # convolution outputs, the elementwise work between them (normalisation, activations, the
+        # im2col patches) is recomputed in the backward pass, where XLA fuses it. Scanned steps
+        # would otherwise store every intermediate (stacked over steps), which the unrolled loop
+        # of plain JAX leaves to XLA to fuse away (benchmarks/memory.py). ``remat``: keep nothing.
         if self.remat:
             step = jax.checkpoint(step)
-        (params, _), observed = lax.scan(step, (params, state), jnp.arange(steps), unroll=self.unroll)
+        else:
+            step = jax.checkpoint(step, policy=jax.checkpoint_policies.dots_saveable, prevent_cse=False)
+        ks = jnp.arange(steps)
+        if steps == 0:
+            (params, _), observed = lax.scan(step, (params, state), ks)
+            return params, observed
+        # Step 0 runs outside the scan, at the parameters as given: under the vmap over tasks they
+        # are the shared meta-parameters, so its forward and backward passes are ordinary
+        # convolutions (matmuls) over all tasks' support examples. Inside the scan the carry must be
+        # batched, which would broadcast the meta-parameters to every task and turn this pass into
+        # a grouped convolution (one group per task). Same arithmetic either way.
+        carry, first = step((params, state), ks[0])
+        (params, _), observed = lax.scan(step, carry, ks[1:], unroll=self.unroll)
+        if observe is not None:
+            observed = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, observed)
         return params, observed
 
     def adapt(self, meta_params: PyTree, x_support: jax.Array, y_support: jax.Array,

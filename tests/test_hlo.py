@@ -1,0 +1,64 @@
+"""The first inner step runs at the shared meta-parameters: one ordinary convolution over all tasks' support
+images (not a convolution grouped by task), and the same meta-gradient as an explicit per-task loop."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jmaml
+from benchmarks.hlo_report import convolutions, parse
+from jmaml import losses
+from jmaml.core.types import Tasks
+from jmaml.models import Conv4, functional
+
+TASKS, WAYS, SHOTS, QUERIES, SIDE, FILTERS = 3, 2, 1, 2, 8, 2
+
+
+def tiny_problem(conv, steps, dtype=jnp.float32):
+    """Conv4 with 2 filters on 8x8 images, 3 tasks of 2-way 1-shot, ``steps`` inner SGD steps."""
+    init, apply = functional(Conv4(WAYS, filters=FILTERS, conv=conv))
+    params = jax.tree.map(lambda p: p.astype(dtype), init(jax.random.PRNGKey(0), jnp.zeros((1, SIDE, SIDE, 1))))
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    labels = lambda n: jnp.tile(jnp.repeat(jnp.arange(WAYS), n), (TASKS, 1))  # noqa: E731
+    tasks = Tasks(jax.random.normal(keys[0], (TASKS, WAYS * SHOTS, SIDE, SIDE, 1), dtype), labels(SHOTS),
+                  jax.random.normal(keys[1], (TASKS, WAYS * QUERIES, SIDE, SIDE, 1), dtype), labels(QUERIES))
+    learner = jmaml.maml(apply, losses.cross_entropy, inner_lr=0.4, inner_steps=steps)
+    return learner, learner.init(params), tasks
+
+
+def test_first_inner_forward_is_one_ordinary_convolution_over_all_tasks():
+    learner, meta_params, tasks = tiny_problem("xla", steps=2)
+    grad = jax.jit(jax.grad(lambda mp: learner.meta_loss(mp, tasks)[0]))
+    hlo = grad.lower(meta_params).compile().as_text()
+    forward = [c for c in convolutions(parse(hlo)) if c.forward and c.size("out", "0") == SIDE // 2]
+    support = TASKS * WAYS * SHOTS
+    kernel = meta_params["params"]["conv0"]["kernel"].shape
+    ordinary = [c for c in forward if c.feature_group_count == 1 and c.size("lhs", "b") == support
+                and c.rhs == kernel and c.out == (support, SIDE // 2, SIDE // 2, FILTERS)]
+    assert ordinary, f"no ordinary first-layer convolution over all {support} support images: {forward}"
+    # the adapted parameters differ per task: the query pass is grouped by task, with the task's own images
+    assert any(c.feature_group_count == TASKS and c.size("lhs", "b") == WAYS * QUERIES for c in forward)
+
+
+def explicit_meta_loss(learner, meta_params, tasks):
+    """Second-order MAML written out: a Python loop of SGD steps on each task, the mean query loss."""
+    def one(xs, ys, xq, yq):
+        params = meta_params["params"]
+        for _ in range(learner.inner_steps):
+            grads = jax.grad(lambda p: learner.loss_fn(learner.apply_fn(p, xs), ys))(params)
+            params = jax.tree.map(lambda p, g: p - 0.4 * g, params, grads)
+        return learner.loss_fn(learner.apply_fn(params, xq), yq)
+
+    return jnp.mean(jnp.stack([one(*(a[i] for a in tasks)) for i in range(TASKS)]))
+
+
+@pytest.mark.usefixtures("x64")
+def test_meta_gradient_equals_explicit_loop():
+    """Step 0 outside the scan, steps 1 and 2 in it: the same second-order meta-gradient."""
+    learner, meta_params, tasks = tiny_problem("xla", 3, jnp.float64)
+    loss, grads = jax.jit(jax.value_and_grad(lambda mp: learner.meta_loss(mp, tasks)[0]))(meta_params)
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda mp: explicit_meta_loss(learner, mp, tasks)))(
+        meta_params)
+    assert grads["params"]["conv0"]["kernel"].dtype == jnp.float64
+    chex.assert_trees_all_close((loss, grads), (ref_loss, ref_grads), rtol=1e-10, atol=1e-12)
