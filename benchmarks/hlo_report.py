@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks.harness.environment import describe  # noqa: E402
-from benchmarks.harness.workloads import WORKLOADS, Workload, init_params, make_batches  # noqa: E402
+from benchmarks.harness.workloads import WORKLOADS, BenchWorkload, init_params, make_batches  # noqa: E402
 from jmaml import algorithms, losses  # noqa: E402
 from jmaml.core.step import init_state, make_train_step  # noqa: E402
 from jmaml.models import Conv4, functional  # noqa: E402
@@ -150,7 +150,7 @@ def convolutions(module: dict[str, Any]) -> list[Convolution]:
     return found
 
 
-def first_forward(module: dict[str, Any], w: Workload) -> str:
+def first_forward(module: dict[str, Any], w: BenchWorkload) -> str:
     """How the first layer's pass over the support images at the meta-parameters was compiled.
 
     ``ordinary (batch B, groups 1)`` or ``grouped (batch B, groups G)`` for XLA's convolution;
@@ -180,7 +180,7 @@ def first_forward(module: dict[str, Any], w: Workload) -> str:
     return "not found"
 
 
-def meta_step_hlo(w: Workload, model_fields: dict, learner_fields: dict) -> str:
+def meta_step_hlo(w: BenchWorkload, model_fields: dict, learner_fields: dict) -> str:
     """Optimized HLO text of one jmaml meta-training step (``make_train_step``, Adam) on ``w``."""
     _, apply = functional(Conv4(w.ways, variant=w.variant, filters=w.filters, **{"conv": w.conv, **model_fields}))
     learner = dataclasses.replace(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from benchmarks.harness.workloads import Workload
+from benchmarks.harness.workloads import BenchWorkload
 from jmaml.core.types import Tasks
 
 # numpy meta-gradient in jmaml's parameter layout: {"conv0": {"kernel": ..., "bias": ...}, ...}
@@ -49,4 +49,4 @@ class Bench(Protocol):
 
 
 # (workload, initial params in jmaml layout, numpy batches, options) -> Bench
-Factory = Callable[[Workload, Grads, list[Tasks], dict[str, Any]], Bench]
+Factory = Callable[[BenchWorkload, Grads, list[Tasks], dict[str, Any]], Bench]

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from benchmarks.harness.base import Grads
-from benchmarks.harness.workloads import Workload
+from benchmarks.harness.workloads import BenchWorkload
 from jmaml import algorithms, losses
 from jmaml.core.step import init_state, make_train_step
 from jmaml.core.types import Tasks
@@ -89,7 +89,7 @@ class JmamlBench(_JaxBench):
     as in a training loop that logs the loss.
     """
 
-    def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
+    def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         model = Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
                       conv=options.get("conv") or workload.conv, precision=options.get("precision", "float32"))
         _, apply = functional(model)
@@ -138,7 +138,7 @@ class PlainConv4(nn.Module):
         return nn.Dense(self.ways, name="head")(x)
 
 
-def plain_meta_loss(workload: Workload):
+def plain_meta_loss(workload: BenchWorkload):
     """``meta_loss(params, tasks)``: a Python loop of inner steps per task, ``vmap`` over tasks."""
     model = PlainConv4(workload.ways, workload.variant, workload.filters)
 
@@ -162,7 +162,7 @@ def plain_meta_loss(workload: Workload):
 class PlainJaxBench(_JaxBench):
     """The in-framework baseline: ``value_and_grad`` of the plain meta-loss, optax Adam, ``jit``."""
 
-    def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
+    def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         del options
         self.meta_loss = plain_meta_loss(workload)
         optimizer = optax.adam(workload.meta_lr)

@@ -12,10 +12,10 @@ import jax
 import numpy as np
 
 from benchmarks.harness.base import Factory, Grads, Skipped
-from benchmarks.harness.workloads import Workload, init_params, make_batches
+from benchmarks.harness.workloads import BenchWorkload, init_params, make_batches
 
 
-def measure(name: str, factory: Factory, workload: Workload, *, steps: int, warmup: int, batches: int,
+def measure(name: str, factory: Factory, workload: BenchWorkload, *, steps: int, warmup: int, batches: int,
             options: dict[str, Any], peak_flops: float | None,
             dtype: Any = np.float32) -> tuple[dict[str, Any], Grads | None]:
     """Sets up ``factory`` on ``workload`` and times its meta-step.

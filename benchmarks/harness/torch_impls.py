@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness.base import Grads, Skipped
-from benchmarks.harness.workloads import Workload
+from benchmarks.harness.workloads import BenchWorkload
 from jmaml.core.types import Tasks
 
 
@@ -57,7 +57,7 @@ def from_torch_grads(grads: dict[str, Any]) -> Grads:
     return tree
 
 
-def make_model(workload: Workload, params: Grads, device):
+def make_model(workload: BenchWorkload, params: Grads, device):
     """A ``torch.nn.Module`` Conv4 (NCHW) whose parameters are those of ``params``."""
     torch = _torch()
     F = torch.nn.functional
@@ -95,7 +95,7 @@ class _TorchBench:
     flops = None
     program_bytes = None
 
-    def __init__(self, workload: Workload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
+    def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         torch = self.torch = _torch()
         if options.get("threads"):
             torch.set_num_threads(options["threads"])

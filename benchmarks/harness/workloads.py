@@ -25,7 +25,7 @@ BENCHMARKED = ("omniglot-5w1s", "omniglot-20w1s", "mini-5w1s", "mini-5w5s")
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
+class BenchWorkload:
     """One meta-training episode batch and Conv4, as a named config sets them up.
 
     Attributes:
@@ -67,7 +67,7 @@ class Workload:
             title += f" ({side}x{side}x{channels}, {self.filters} filters)"
         return title
 
-    def quick(self) -> "Workload":
+    def quick(self) -> "BenchWorkload":
         """A tiny version with the same structure (variant, ways, inner steps) for CI."""
         side = 8 if self.variant == "omniglot" else 16
         return dataclasses.replace(
@@ -76,7 +76,7 @@ class Workload:
             inner_steps=min(self.inner_steps, 2), meta_batch=2)
 
 
-def from_config(cfg: Config) -> Workload:
+def from_config(cfg: Config) -> BenchWorkload:
     """The meta-training episode of ``cfg``: what one step of ``jmaml train`` computes on it.
 
     Raises:
@@ -95,15 +95,15 @@ def from_config(cfg: Config) -> Workload:
     # the filter count the config's model really has (0 in the config means the variant's default)
     init, _ = functional(Conv4(cfg.ways, variant=cfg.dataset, filters=cfg.filters or None))
     shapes = jax.eval_shape(init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *image), jnp.float32))
-    return Workload(cfg.name, cfg.dataset, shapes["conv0"]["kernel"].shape[-1], image, ways=cfg.ways,
-                    shots=cfg.shots, queries=cfg.queries, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                    meta_batch=cfg.meta_batch, meta_lr=cfg.meta_lr, conv=cfg.conv)
+    return BenchWorkload(cfg.name, cfg.dataset, shapes["conv0"]["kernel"].shape[-1], image, ways=cfg.ways,
+                         shots=cfg.shots, queries=cfg.queries, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
+                         meta_batch=cfg.meta_batch, meta_lr=cfg.meta_lr, conv=cfg.conv)
 
 
-WORKLOADS: dict[str, Workload] = {name: from_config(CONFIGS[name]) for name in BENCHMARKED}
+WORKLOADS: dict[str, BenchWorkload] = {name: from_config(CONFIGS[name]) for name in BENCHMARKED}
 
 
-def select(names: list[str] | None, quick: bool) -> list[Workload]:
+def select(names: list[str] | None, quick: bool) -> list[BenchWorkload]:
     """The workloads called ``names`` (all by default), shrunk to tiny shapes if ``quick``."""
     names = names or list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]
@@ -112,7 +112,7 @@ def select(names: list[str] | None, quick: bool) -> list[Workload]:
     return [WORKLOADS[n].quick() if quick else WORKLOADS[n] for n in names]
 
 
-def make_batches(workload: Workload, count: int, seed: int = 0, dtype: Any = np.float32) -> list[Tasks]:
+def make_batches(workload: BenchWorkload, count: int, seed: int = 0, dtype: Any = np.float32) -> list[Tasks]:
     """``count`` batches of random tasks (NHWC ``dtype`` images, int32 labels) as numpy arrays.
 
     Labels follow the episode layout: ``shots`` (support) or ``queries`` (query) examples of
@@ -129,7 +129,7 @@ def make_batches(workload: Workload, count: int, seed: int = 0, dtype: Any = np.
     return [Tasks(images(w.ways * w.shots), ys, images(w.ways * w.queries), yq) for _ in range(count)]
 
 
-def init_params(workload: Workload, seed: int = 0, dtype: Any = np.float32) -> dict[str, Any]:
+def init_params(workload: BenchWorkload, seed: int = 0, dtype: Any = np.float32) -> dict[str, Any]:
     """Initial Conv4 parameters (jmaml's layout, numpy ``dtype``), shared by every implementation."""
     init, _ = functional(Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
                                conv="xla"))
