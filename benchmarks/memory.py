@@ -31,7 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.harness.environment import describe  # noqa: E402
-from benchmarks.harness.jax_impls import plain_meta_loss  # noqa: E402
+from benchmarks.harness.jax_impls import compiled_bytes, plain_meta_loss  # noqa: E402
 from benchmarks.harness.workloads import WORKLOADS, init_params, select  # noqa: E402
 from jmaml import algorithms, losses  # noqa: E402
 from jmaml.core.step import meta_gradient  # noqa: E402
@@ -51,9 +51,7 @@ def program_bytes(fn, *args) -> tuple[int, float]:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     seconds = time.perf_counter() - start
-    m = compiled.memory_analysis()
-    return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes,
-            seconds)
+    return compiled_bytes(compiled), seconds
 
 
 def variants(chunks: int) -> dict[str, tuple[str, dict, int]]:

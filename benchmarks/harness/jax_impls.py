@@ -33,7 +33,8 @@ def _flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None and flops > 0 else None
 
 
-def _program_bytes(compiled: Any) -> int | None:
+def compiled_bytes(compiled: Any) -> int | None:
+    """Memory a compiled program needs: temporaries + arguments + outputs - aliased (None: not reported)."""
     try:
         stats = compiled.memory_analysis()
         return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
@@ -57,7 +58,7 @@ class _JaxBench:
         self.compiled = jitted.lower(carry, self.batches[0]).compile()
         self.compile_s = time.perf_counter() - start
         self.flops = _flops(self.compiled)
-        self.program_bytes = _program_bytes(self.compiled)
+        self.program_bytes = compiled_bytes(self.compiled)
         self.carry = carry
 
     def step(self, index: int) -> float:
