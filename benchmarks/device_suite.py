@@ -6,14 +6,14 @@ Runs, in order of priority, each in its own Python process (so peak device memor
 and XLA flags never leak from one run into the next):
 
 1. per workload (``omniglot-5w1s``, ``omniglot-20w1s``, ``mini-5w1s``, ``mini-5w5s``): jmaml with the
-   config's defaults, plain JAX, torch.func and the PyTorch per-task loop, then jmaml with each speed
-   option (:data:`JMAML_OPTIONS`); ms per meta-step (median after warm-up, synchronised, inputs rotated
-   among 3 batches), tasks/s, compile s, peak device memory, XLA's FLOPs and achieved FLOP/s. Every run's
-   first meta-gradient is checked against jmaml default's on the same inputs and weights
-   (``grad_rel_err``);
+   config's defaults, plain JAX, torch.func and the PyTorch per-task loop; ms per meta-step (median
+   after warm-up, synchronised, inputs rotated among 3 batches), tasks/s, compile s, peak device
+   memory, XLA's FLOPs and achieved FLOP/s. Every run's first meta-gradient is checked against jmaml
+   default's on the same inputs and weights (``grad_rel_err``);
 2. time to accuracy: ``omniglot-5w1s`` with the paper's settings for 60 s of training, meta-test accuracy
    on 600 tasks (95% interval) at 15, 30 and 60 s (``benchmarks/time_to_accuracy.py``, the one host loop);
-3. jmaml's default again under each set of XLA GPU flags (:data:`XLA_FLAG_SETS`; GPU only).
+3. jmaml with each speed option (:data:`JMAML_OPTIONS`) per workload;
+4. jmaml's default again under each set of XLA GPU flags (:data:`XLA_FLAG_SETS`; GPU only).
 
 A run that would start after ``--budget-s`` seconds is recorded as not run. ``--quick``: one tiny
 workload, four implementations and a 2-second sinusoid time-to-accuracy, on the CPU in CI.
@@ -65,15 +65,15 @@ def plan(quick: bool, gpu: bool) -> list[dict]:
     for name in workloads:
         runs.append({"kind": "step", "workload": name, "impl": "jmaml", "variant": "default", "options": {}})
         runs += [{"kind": "step", "workload": name, "impl": peer, "variant": peer, "options": {}} for peer in peers]
-    for name in workloads:
-        runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": label,
-                  "options": JMAML_OPTIONS[label]} for label in options]
     if quick:
         runs.append({"kind": "tta", "config": "sinusoid", "at": [0.5, 1.0, 2.0], "eval_tasks": 100,
                      "set": ["log_every=50"], "variant": "time to accuracy"})
     else:
         runs.append({"kind": "tta", "config": "omniglot-5w1s", "at": [15.0, 30.0, 60.0], "eval_tasks": 600,
                      "set": [], "variant": "time to accuracy"})
+    for name in workloads:
+        runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": label,
+                  "options": JMAML_OPTIONS[label]} for label in options]
     if gpu and not quick:
         for name in workloads:
             runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": f"default, {label}",
