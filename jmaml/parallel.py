@@ -136,6 +136,8 @@ def shard_fn(fn: Callable, mesh: Mesh, *, donate_argnums: tuple[int, ...] = ()) 
 
 
 def _global_array(x: Any, sharding: NamedSharding) -> jax.Array:
+    if not multi_process():  # no host round trip: an array already in place is not copied again
+        return jax.device_put(x, sharding)
     host = np.asarray(x)  # same value on every process (replicated state, data loaded identically)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

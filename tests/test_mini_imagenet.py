@@ -2,11 +2,14 @@
 
 import os
 import pickle
+import zipfile
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from jmaml.data import cache
 from jmaml.data import mini_imagenet as mi
 from jmaml.data import paths
 from jmaml.errors import JmamlError
@@ -268,3 +271,33 @@ def test_bad_arguments(tmp_path):
         mi.load_mini_imagenet_split("valid", tmp_path)
     with pytest.raises(JmamlError, match="unknown miniImageNet data_format 'jpeg'; use one of csv, pickle"):
         mi.load_mini_imagenet_split("val", tmp_path, data_format="jpeg")
+
+
+def test_cache_reader_round_trip(tmp_path):
+    """``cache.read_npz`` against ``np.load``: every dtype and layout the caches hold, compressed or not,
+    each array 64-byte aligned; a truncated member is an error (the cache is then rebuilt)."""
+    arrays = {"u8": _images(3, 2), "fortran": np.asfortranarray(np.arange(24.0).reshape(4, 6)),
+              "text": np.asarray(["120x100", "84x85"]), "empty": np.zeros((0, 3), np.int64), "scalar": np.int64(7)}
+    for compress in (False, True):
+        path = paths.save_npz_atomic(tmp_path / f"c{compress}.npz", arrays, compress=compress)
+        got = cache.read_npz(path, list(arrays))
+        with np.load(path) as want:
+            for key in arrays:
+                assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+                assert got[key].ctypes.data % cache.ALIGN == 0 or got[key].size == 0, key
+    data = (tmp_path / "cFalse.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises((EOFError, zipfile.BadZipFile)):
+        cache.read_npz(tmp_path / "cut.npz", ["u8"])
+
+
+def test_loaded_images_go_to_a_cpu_device_without_a_copy(tmp_path):
+    """Built or read from the cache, a split's images sit on a 64-byte boundary, so that
+    ``jax.device_put`` on the CPU uses them in place: the data is held once, not twice."""
+    _write_pickle(tmp_path / "data", "train", _images(1), LABELS)
+    for status in ("built", "hit"):
+        got = mi.load_mini_imagenet_split("train", tmp_path / "data", strict=False, cache_dir=tmp_path / "c")
+        assert got.summary["cache"] == status
+        placed = jax.device_put(got.images, jax.devices("cpu")[0])
+        assert placed.unsafe_buffer_pointer() == got.images.ctypes.data, status
