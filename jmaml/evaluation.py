@@ -9,6 +9,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from jmaml import parallel
 from jmaml.core.learner import MetaLearner
 from jmaml.core.types import PyTree, Tasks
 
@@ -51,7 +52,9 @@ def meta_test(
     Args:
       learner: the meta-learner.
       meta_params: its meta-parameters.
-      sample_tasks: ``(key, data) -> Tasks`` with ``batch`` tasks.
+      sample_tasks: ``(key, data) -> Tasks`` with ``batch`` tasks; a
+        :func:`jmaml.parallel.shard_tasks` sampler splits each batch over the devices of
+        every process (with ``meta_params`` and ``data`` from :func:`jmaml.parallel.replicate`).
       data: the held-out data ``sample_tasks`` draws from (None for generated tasks).
       key: PRNG key of the meta-test tasks (fixed, so reruns score the same tasks).
       num_tasks: tasks in all; rounded up to whole batches.
@@ -66,7 +69,8 @@ def meta_test(
     """
     score = _scorer(learner, sample_tasks, max_steps, "loss" if metric == "mse" else metric)
     keys = jax.random.split(key, -(-num_tasks // batch))
-    per_task = np.concatenate([np.asarray(score(meta_params, k, data)) for k in keys])  # [tasks, steps+1]
+    # [tasks, steps+1]; to_host gathers scores split over the devices of several processes
+    per_task = np.concatenate([parallel.to_host(score(meta_params, k, data)) for k in keys])
     per_step = [mean_ci95(per_task[:, k]) for k in range(max_steps + 1)]
     mean, ci95 = per_step[test_steps]
     return {

@@ -156,6 +156,25 @@ def shard(tasks: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _global_array(x, sharding), tasks)
 
 
+def to_host(tree: Any) -> Any:
+    """Each array of ``tree`` whole, as numpy, on every process.
+
+    An array split over the devices of several processes cannot be read with ``np.asarray``
+    (each process holds only its own devices' slices); it is gathered over the processes
+    (``multihost_utils.process_allgather``, a collective: every process must call this in the
+    same order). Arrays this process holds whole (all of a single-process run's, replicated
+    ones) are read directly.
+    """
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
 def abstract(tree: Any, mesh: Mesh) -> Any:
     """``ShapeDtypeStruct``s of ``tree`` carrying the replicated sharding (restore targets, lowering)."""
     sharding = replicated(mesh)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 
 import numpy as np
+
+COLLECTIVES = r"\b(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\("
 
 
 def config(workload: str, meta_chunks: int):
@@ -36,6 +39,25 @@ def workload_of(cfg):
     train = rng.integers(0, 256, (20, 4, cfg.image_size, cfg.image_size, 1), dtype=np.uint8)
     test = rng.integers(0, 256, (10, 4, cfg.image_size, cfg.image_size, 1), dtype=np.uint8)
     return image_workload(cfg, train, test, "omniglot")
+
+
+class ShardingSpy:
+    """The learner as ``meta_gradient`` sees it (it calls only ``meta_loss``), recording the sharding XLA gives
+    the tasks of each ``meta_loss`` call (with meta_chunks > 1, one chunk inside the scan) in the compiled step."""
+
+    def __init__(self, learner, seen: list):
+        self.learner, self.seen = learner, seen
+
+    def meta_loss(self, meta_params, tasks, *args, **kwargs):
+        import jax
+
+        jax.debug.inspect_array_sharding(tasks.x_support, callback=self.seen.append)
+        return self.learner.meta_loss(meta_params, tasks, *args, **kwargs)
+
+
+def sharding_info(shardings: list) -> list:
+    """``[spec, number of devices]`` of each distinct sharding."""
+    return sorted({(str(s.spec), len(s.device_set)) for s in shardings})
 
 
 def main() -> None:
@@ -64,8 +86,9 @@ def main() -> None:
     setup = build(cfg, workload)
     mesh = parallel.make_mesh()
     sampler = parallel.shard_tasks(workload.train_tasks, mesh)
-    step = parallel.shard_train_step(make_train_step(setup.learner, setup.optimizer, sampler,
-                                                     chunks=cfg.meta_chunks), mesh)
+    chunk_shardings = []  # filled when the step compiles (inspect_array_sharding leaves no op in the program)
+    step = parallel.shard_train_step(make_train_step(ShardingSpy(setup.learner, chunk_shardings), setup.optimizer,
+                                                     sampler, chunks=cfg.meta_chunks), mesh)
     state = parallel.replicate(setup.init(), mesh)
     data = parallel.replicate(workload.train_data, mesh) if workload.train_data is not None else None
 
@@ -80,10 +103,31 @@ def main() -> None:
     for _ in range(args.steps):
         state, metrics = step(state, None, data)
         losses.append(float(metrics["meta_loss"]))
-    test = meta_test(setup.learner, state.meta_params, parallel.shard_tasks(workload.test_tasks, mesh),
+    # meta-test through the library function: the sharding of its test tasks inside the compiled scorer, and
+    # of the per-task scores it fetches (split over the processes in a multi-process run: to_host gathers them)
+    test_shardings, fetched = [], []
+    test_sampler = parallel.shard_tasks(workload.test_tasks, mesh)
+
+    def spied_sampler(key, data):
+        tasks = test_sampler(key, data)
+        jax.debug.inspect_array_sharding(tasks.x_support, callback=test_shardings.append)
+        return tasks
+
+    to_host = parallel.to_host
+
+    def spied_to_host(tree):
+        fetched.extend((str(x.sharding.spec), x.is_fully_addressable) for x in jax.tree.leaves(tree))
+        return to_host(tree)
+
+    parallel.to_host = spied_to_host
+    test = meta_test(setup.learner, state.meta_params, spied_sampler,
                      parallel.replicate(workload.test_data, mesh) if workload.test_data is not None else None,
                      key=keys(cfg)[2], num_tasks=cfg.eval_tasks, batch=cfg.eval_batch,
                      max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric)
+    parallel.to_host = to_host
+    # gathered on every process (a collective), the same tasks drawn unsharded and sharded
+    task_values = float(to_host(jax.jit(workload.train_tasks)(key, data).x_support).sum())
+    sharded_values = float(to_host(tasks.x_support).sum())
     params = {jax.tree_util.keystr(path): np.asarray(leaf)
               for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state.meta_params))[0]}
     if jax.process_index() == 0:
@@ -92,9 +136,11 @@ def main() -> None:
                  info=json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
                                   "task_spec": task_spec, "distinct_shards": shards,
                                   "all_reduce": "all-reduce" in hlo,
-                                  "task_values": np.asarray(jax.device_get(
-                                      jax.jit(workload.train_tasks)(key, data).x_support)).sum().item(),
-                                  "sharded_values": float(np.asarray(jax.device_get(tasks.x_support)).sum())}))
+                                  "collectives": sorted(set(re.findall(COLLECTIVES, hlo))),
+                                  "chunk_shardings": sharding_info(chunk_shardings),
+                                  "test_shardings": sharding_info(test_shardings),
+                                  "fetched": sorted(set(fetched)),
+                                  "task_values": task_values, "sharded_values": sharded_values}))
 
 
 if __name__ == "__main__":

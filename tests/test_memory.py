@@ -36,12 +36,44 @@ def test_remat_gives_the_same_meta_gradient():
 
 
 def test_chunked_meta_batch_gives_the_same_meta_gradient():
-    learner, meta_params, batch = mlp_problem(steps=2)
+    learner, meta_params, batch = mlp_problem(steps=2, tasks=8)
     (l1, a1), g1 = grads_of(learner, meta_params, batch)
-    (l2, a2), g2 = grads_of(learner, meta_params, batch, chunks=2)
-    chex.assert_trees_all_close((l1, a1, g1), (l2, a2, g2), rtol=1e-10, atol=1e-13)
-    with pytest.raises(jmaml.JmamlError, match="meta_chunks=3 must divide the meta-batch of 4 tasks"):
+    # per-task aux in task order, against each task's meta-loss alone (an explicit loop)
+    alone = jax.jit(lambda mp, task: learner.meta_loss(mp, task)[1])
+    for i in range(8):
+        task = jax.tree.map(lambda a: a[i:i + 1], batch)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], a1),
+                                    jax.tree.map(lambda a: a[0], alone(meta_params, task)), rtol=1e-10, atol=1e-13)
+    assert len({float(v) for v in a1["query_loss"]}) == 8  # distinct per task, so the order is checked
+    for chunks in (2, 4):
+        (l2, a2), g2 = grads_of(learner, meta_params, batch, chunks=chunks)
+        chex.assert_trees_all_close((l1, a1, g1), (l2, a2, g2), rtol=1e-10, atol=1e-13)
+    with pytest.raises(jmaml.JmamlError, match="meta_chunks=3 must divide the meta-batch of 8 tasks"):
         jmaml.meta_gradient(learner, meta_params, batch, chunks=3)
+
+
+class ChunkRecorder:
+    """A learner for ``meta_gradient`` (it calls only ``meta_loss``) whose aux also returns, for each task, the
+    indices of all tasks of its chunk and the task's first input, to see how the meta-batch was split."""
+
+    def __init__(self, learner):
+        self.learner = learner
+
+    def meta_loss(self, meta_params, tasks, meta_step=0, *, key=None, task_ids=None):
+        loss, aux = self.learner.meta_loss(meta_params, tasks, meta_step, key=key, task_ids=task_ids)
+        size = task_ids.shape[0]
+        return loss, {**aux, "chunk": jnp.broadcast_to(task_ids, (size, size)), "x": tasks.x_support[:, 0, 0]}
+
+
+@pytest.mark.parametrize("chunks", [2, 4])
+def test_meta_chunks_are_interleaved(chunks):
+    """Chunk c holds tasks c, c + chunks, c + 2 * chunks, ... (each chunk an equal share of every contiguous
+    block of the meta-batch, e.g. every device's shard), and the per-task aux comes back in task order."""
+    learner, meta_params, batch = mlp_problem(steps=1, tasks=8)
+    (_, aux), _ = jmaml.meta_gradient(ChunkRecorder(learner), meta_params, batch, chunks=chunks)
+    expected = [[i % chunks + chunks * j for j in range(8 // chunks)] for i in range(8)]
+    np.testing.assert_array_equal(aux["chunk"], expected)
+    np.testing.assert_array_equal(aux["x"], batch.x_support[:, 0, 0])
 
 
 def test_task_keys_do_not_depend_on_chunks():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -32,9 +33,19 @@ def run_worker(tmp_path, workload: str, devices: int, *extra: str, timeout: int 
     proc = subprocess.run([sys.executable, WORKER, workload, str(out), *extra], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_result(out)
+
+
+def load_result(out):
     data = np.load(out)
     params = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("param:")}
     return data["losses"], params, data["test"], json.loads(str(data["info"]))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
 
 
 def assert_same_run(one, many, *, noise_leaves=()):
@@ -56,16 +67,56 @@ def assert_sharded(info, devices):
     assert info["distinct_shards"] == devices       # each device holds a different slice
     assert info["all_reduce"]                       # XLA inserted the gradient all-reduce
     assert info["task_values"] == pytest.approx(info["sharded_values"])  # the same tasks as unsharded
+    # the tasks of each meta_loss call (each chunk, with meta_chunks > 1) split over every device, and no
+    # collective in the step but the gradient all-reduce: no task moved between devices (a contiguous
+    # chunking of the sharded meta-batch compiles to an all-gather here)
+    assert info["chunk_shardings"] == [["P('tasks',)", devices]]
+    assert info["collectives"] == ["all-reduce"]
+    # the meta-test (evaluation.meta_test): its tasks split over every device inside the compiled scorer
+    assert info["test_shardings"] == [["P('tasks',)", devices]]
+    assert [spec for spec, _ in info["fetched"]] == ["P('tasks',)"]
 
 
 def test_sinusoid_4_devices_equal_1(tmp_path):
+    """Training and meta-test (``test``: evaluation.meta_test's per-step means) on 4 devices equal 1 device,
+    also with meta_chunks=2, whose chunks each span all 4 devices."""
     one = run_worker(tmp_path, "sinusoid", 1)
     many = run_worker(tmp_path, "sinusoid", 4)
     assert_sharded(many[3], 4)
-    assert one[3]["task_spec"] == "P()"
+    assert one[3]["task_spec"] == "P()" and one[3]["test_shardings"] == [["P()", 1]]
     assert_same_run(one, many)
     chunked = run_worker(tmp_path, "sinusoid", 4, "--meta-chunks", "2")
+    assert_sharded(chunked[3], 4)
     assert_same_run(one, chunked)
+
+
+def test_two_processes_meta_test_gathers_sharded_scores(tmp_path):
+    """2 processes x 2 devices (jax.distributed) against 1 device, with meta_chunks=2: the chunks and the
+    meta-test tasks are split over all 4 devices of both processes, and meta_test's per-task scores, which
+    span the other process's devices, are gathered (parallel.to_host) to the same result."""
+    one = run_worker(tmp_path, "sinusoid", 1, "--steps", "2")
+    port = free_port()
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    env.pop("XLA_FLAGS", None)
+    out = tmp_path / "two-processes.npz"
+    procs = [subprocess.Popen([sys.executable, WORKER, "sinusoid", str(out), "--steps", "2", "--meta-chunks", "2",
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], "\n\n".join(err[-2500:] for err in errors)
+    two = load_result(out)
+    info = two[3]
+    assert info["processes"] == 2 and info["devices"] == 4
+    assert info["chunk_shardings"] == info["test_shardings"] == [["P('tasks',)", 4]]
+    assert info["collectives"] == ["all-reduce"]
+    assert info["fetched"] == [["P('tasks',)", False]]  # not readable by np.asarray alone
+    assert_same_run(one, two)
 
 
 def test_omniglot_like_4_devices_equal_1(tmp_path):

@@ -42,7 +42,15 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
 
     With ``chunks > 1`` the tasks are split into equal chunks whose gradients are accumulated
     in a ``lax.scan``: the same result (the mean over all tasks, each task with the same key
-    ``fold_in(key, i)`` as unchunked), with the memory of one chunk.
+    ``fold_in(key, i)`` as unchunked, the per-task aux in the original task order), with the
+    memory of one chunk.
+
+    The split is interleaved: chunk ``c`` holds tasks ``c, c + chunks, c + 2 * chunks, ...``
+    (the task axis reshaped to ``[size // chunks, chunks]`` and transposed). When the caller
+    has split the meta-batch into equal contiguous blocks (as data parallelism over the task
+    axis does) and ``chunks`` divides the block size, every chunk takes an equal slice of every
+    block, so each chunk is spread exactly like the whole meta-batch and no task moves between
+    blocks; contiguous chunks would each lie in a subset of the blocks.
 
     Args:
       learner: the meta-learner.
@@ -50,7 +58,7 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
       tasks: the meta-batch.
       meta_step: the meta-training step (see :meth:`~jmaml.core.learner.MetaLearner.meta_loss`).
       key: PRNG key of the meta-batch, for minibatches (``inner_batch``).
-      chunks: number of equal chunks the meta-batch is split into.
+      chunks: number of equal, interleaved chunks the meta-batch is split into.
     """
     grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
     if chunks == 1:
@@ -58,8 +66,9 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
     size = jnp.shape(tasks.x_support)[0]
     if size % chunks:
         raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {size} tasks")
-    split = jax.tree.map(lambda a: a.reshape(chunks, size // chunks, *a.shape[1:]), tasks)
-    ids = jnp.arange(size).reshape(chunks, size // chunks)
+    # interleaved: chunk c = tasks c, c + chunks, ... ([size] -> [size // chunks, chunks] -> transposed)
+    split = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(size // chunks, chunks, *a.shape[1:]), 0, 1), tasks)
+    ids = jnp.arange(size).reshape(size // chunks, chunks).T
 
     def add_chunk(total, chunk):
         chunk, task_ids = chunk
@@ -68,7 +77,7 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
 
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, meta_params))
     (loss, grads), aux = jax.lax.scan(add_chunk, zero, (split, ids))
-    aux = jax.tree.map(lambda a: a.reshape(size, *a.shape[2:]), aux)
+    aux = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(size, *a.shape[2:]), aux)  # back to task order
     return (loss / chunks, aux), jax.tree.map(lambda g: g / chunks, grads)
 
 

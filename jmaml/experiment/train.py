@@ -114,15 +114,13 @@ def resume_config(saved: Config, requested: Config) -> Config:
 
 def meta_test_of(cfg: Config, workload: Workload, learner, meta_params, mesh=None) -> dict:
     """The config's meta-test of ``meta_params``: mean +- 95% interval after 0..K inner steps; with a
-    ``mesh``, each batch of test tasks is split over its devices when their count divides the batch
-    (single-process runs; a multi-process run scores every batch whole on every device)."""
+    ``mesh``, each batch of test tasks is split over its devices (of every process) when their count
+    divides the batch, and scored whole on every device otherwise."""
     sample, data = workload.test_tasks, workload.test_data
     if mesh is not None:
         meta_params = parallel.replicate(meta_params, mesh)
         data = parallel.replicate(data, mesh) if data is not None else None
-        # split over the devices when they divide the batch; not across processes, whose per-task
-        # scores evaluation.meta_test could not fetch (it reads them with np.asarray)
-        if eval_batch(cfg) % mesh.size == 0 and not parallel.multi_process():
+        if eval_batch(cfg) % mesh.size == 0:
             sample = parallel.shard_tasks(sample, mesh)
     return meta_test(learner, meta_params, sample, data, key=keys(cfg)[2],
                      num_tasks=cfg.eval_tasks, batch=eval_batch(cfg),
