@@ -131,7 +131,7 @@ def test_sigterm_to_one_process_stops_both_and_resumes_elsewhere(tmp_path):
              for _, _, err in results]
     assert all(len(lines) == 1 for lines in stops), stops
     stop = [int(lines[0].split("at step ")[1].split(":")[0]) for lines in stops]
-    assert stop[0] == stop[1] and stop[0] % 10 == 0 and stop[0] >= 20, stop  # after the first logged chunk
+    assert stop[0] == stop[1] and stop[0] % 10 == 0 and stop[0] >= 10, stop  # a chunk boundary, not before 10
     stop = stop[0]
     ckpts = str(run / runs.CHECKPOINTS)
     assert checkpoint.latest_step(ckpts) == stop
