@@ -27,7 +27,10 @@ References:
 
 from __future__ import annotations
 
+import math
 import os
+import socket
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -217,6 +220,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if timeout <= 0:
         raise JmamlError(f"the distributed start-up timeout must be positive seconds, not {timeout}")
     where = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or "the detected coordinator"
+    if coordinator is not None and process_id != 0:
+        # jax.distributed aborts the process (a C++ fatal error, no exception) when it cannot reach the
+        # coordinator, so a process other than 0 first waits for the port itself, within the same timeout
+        timeout = _wait_for_coordinator(coordinator, timeout)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids,
                                    initialization_timeout=int(timeout))
@@ -227,6 +234,38 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise JmamlError(f"could not join the distributed run at {where} within {timeout} s "
                          f"({str(err).splitlines()[0][:200]}); check that process 0 runs there and the port is "
                          "reachable, or raise the timeout") from None
+
+
+def _wait_for_coordinator(coordinator: str, timeout: float) -> int:
+    """Waits until something accepts TCP connections at ``coordinator`` (``HOST:PORT``).
+
+    Returns:
+      The whole seconds left of ``timeout`` (at least 1), for ``jax.distributed.initialize``.
+
+    Raises:
+      JmamlError: nothing listens there within ``timeout`` seconds (the message names the address).
+    """
+    host, port = coordinator.rsplit(":", 1)
+    host = host.strip("[]")  # [::1]:1234
+    try:
+        port = int(port)
+    except ValueError:
+        raise JmamlError(f"--coordinator {coordinator!r} must be HOST:PORT with a numeric port, e.g. "
+                         "node001:1234") from None
+    deadline = time.monotonic() + timeout
+    reason = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(min(left, 5.0), 0.1)):
+                return max(1, math.ceil(deadline - time.monotonic()))
+        except OSError as err:
+            reason = err.strerror or str(err) or type(err).__name__
+        if time.monotonic() + 0.2 >= deadline:
+            raise JmamlError(f"could not reach the coordinator at {coordinator} within {timeout:g} s ({reason}): "
+                             "start process 0 there first (it listens on that port), check the host name, port "
+                             "and firewall, or raise --distributed-timeout")
+        time.sleep(0.2)
 
 
 def process_index() -> int:
@@ -244,15 +283,32 @@ def multi_process() -> bool:
     return jax.process_count() > 1
 
 
-def reached_preemption(step: int) -> bool:
-    """Whether every process has agreed to stop at this chunk boundary after a SIGTERM to any of
-    them (JAX's preemption sync point; call it at every chunk boundary on every process, with no
-    Python SIGTERM handler installed). Always False in a single-process run."""
+def reached_preemption(step: int, since: int | None = None) -> bool:
+    """Whether every process has agreed to stop now, after a SIGTERM to any of them.
+
+    JAX's preemption sync point (``multihost_utils.reached_preemption_sync_point``) must see
+    *every* step: once a process gets SIGTERM, the processes agree on the step after the
+    furthest one any of them has passed, and only a call with exactly that step returns True.
+    Passing only the steps at chunk boundaries (10, 20, ...) would miss it (11) and the run
+    would never stop. So after a chunk that took the run from ``since`` to ``step``, this passes
+    each step in ``since + 1 .. step`` in order; since every process runs the same chunks, all
+    of them return True at the end of the same chunk. Call it on every process after every
+    chunk, with no Python SIGTERM handler installed (it would replace JAX's). A resumed run
+    passes ``since=0`` once, so that a SIGTERM during start-up (when JAX's counter is still 0)
+    is not missed either. Always False in a single-process run.
+
+    Args:
+      step: the step just reached.
+      since: the step passed to the previous call (default ``step - 1``: only ``step``).
+    """
     if not multi_process():
         return False
     from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.reached_preemption_sync_point(step))
+    reached = False
+    for s in range(step if since is None else since + 1, step + 1):
+        reached = bool(multihost_utils.reached_preemption_sync_point(s)) or reached
+    return reached
 
 
 def agree(value: str, what: str) -> None:

@@ -264,10 +264,13 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
     def step_hook(step, state, metrics, clock):
         reached["step"] = step
 
+    checked = {"step": 0}
+
     def should_stop():
-        if parallel.multi_process():  # every process calls the sync point at every chunk boundary
-            if parallel.reached_preemption(reached["step"]):
+        if parallel.multi_process():  # every process passes every step to the sync point, after each chunk
+            if parallel.reached_preemption(reached["step"], since=checked["step"]):
                 caught.append("SIGTERM")
+            checked["step"] = reached["step"]
         return bool(caught)
 
     clock_start = clock.seconds()
