@@ -51,3 +51,16 @@ def test_import_jmaml_loads_no_application_dependency():
             "'jmaml.experiment') if m in sys.modules]; assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_metrics_log_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (as in CI): a run's MetricsLog must not pay
+    its 0.5 GB and 2 s, and torch must still import normally afterwards."""
+    code = ("import sys, glob; from jmaml.experiment.runs import MetricsLog; "
+            f"log = MetricsLog({str(tmp_path)!r}); log.write(1, {{'meta_loss': 0.5}}); log.close(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            f"assert glob.glob({str(tmp_path / '**' / 'events.out.tfevents.*')!r}, recursive=True); "
+            "import torch; print(torch.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "torch"
