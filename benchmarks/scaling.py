@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 
 from jmaml.errors import JmamlError  # noqa: E402
 from jmaml.experiment.configs import CONFIGS, Config, get_config, parse_overrides  # noqa: E402
+from jmaml.experiment.workloads import chunking  # noqa: E402
 
 MODES = ("weak", "strong")
 SYNTHETIC_DRAWINGS = 20  # drawings per class of the synthetic pool (>= shots + queries of every named config)
@@ -113,7 +114,7 @@ def meta_batches(cfg: Config, devices: list[int], modes: list[str], per_device: 
     for mode in modes:
         for n in devices:
             size = per_device * n if mode == "weak" else cfg.meta_batch
-            parallel.check_meta_batch(size, n, meta_chunks=cfg.meta_chunks,
+            parallel.check_meta_batch(size, n, meta_chunks=chunking(dataclasses.replace(cfg, meta_batch=size), n)[0],
                                       name="meta_batch" if mode == "strong" else f"--per-device {per_device} x {n}")
             sizes[mode, n] = size
     return sizes
@@ -168,7 +169,7 @@ def compile_step(cfg: Config, n: int, data: str, pool) -> Program:
     setup = build(cfg, workload)
     train_data = parallel.replicate(workload.train_data, mesh) if workload.train_data is not None else None
     trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, train_data, chunk=1,
-                      meta_chunks=cfg.meta_chunks, mesh=mesh)
+                      meta_chunks=chunking(cfg, n)[0], mesh=mesh)
     start = time.perf_counter()
     compiled = trainer.compiled(*trainer.plan(0, cfg.steps), setup.template())
     return Program(setup, train_data, compiled, time.perf_counter() - start, devices)

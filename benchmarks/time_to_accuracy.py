@@ -29,7 +29,7 @@ from jmaml.experiment.build import build  # noqa: E402
 from jmaml.experiment.configs import get_config, parse_overrides  # noqa: E402
 from jmaml.experiment.loop import Clock, Trainer  # noqa: E402
 from jmaml.experiment.train import meta_test_of  # noqa: E402
-from jmaml.experiment.workloads import make_workload  # noqa: E402
+from jmaml.experiment.workloads import chunking, make_workload  # noqa: E402
 
 
 def run(config: str, marks: list[float], eval_tasks: int, overrides: dict) -> dict:
@@ -42,7 +42,7 @@ def run(config: str, marks: list[float], eval_tasks: int, overrides: dict) -> di
     workload = make_workload(cfg)
     setup = build(cfg, workload)
     trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, workload.train_data,
-                      chunk=cfg.log_every, meta_chunks=cfg.meta_chunks)
+                      chunk=cfg.log_every, meta_chunks=chunking(cfg)[0])
     state = setup.init()
     start = time.perf_counter()
     trainer.compiled(*trainer.plan(0, cfg.steps), state)

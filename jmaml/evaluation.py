@@ -11,6 +11,7 @@ import numpy as np
 
 from jmaml import parallel
 from jmaml.core.learner import MetaLearner
+from jmaml.core.step import merge_tasks, split_tasks
 from jmaml.core.types import PyTree, Tasks
 
 
@@ -24,14 +25,22 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=8)
-def _scorer(learner: MetaLearner, sample_tasks: Callable, max_steps: int, name: str) -> Callable:
-    """The jitted per-task scores, built once per (learner, sampler, steps, metric).
+def _scorer(learner: MetaLearner, sample_tasks: Callable, max_steps: int, name: str, chunks: int) -> Callable:
+    """The jitted per-task scores, built once per (learner, sampler, steps, metric, chunks).
 
     Cached so that repeated meta-tests during training (``benchmarks/time_to_accuracy.py``)
     reuse one compiled program instead of tracing a fresh lambda each time.
     """
-    return jax.jit(lambda mp, k, d: learner.evaluate(mp, sample_tasks(k, d), steps=max_steps,
-                                                     key=jax.random.fold_in(k, 1))[name])
+    def score(meta_params, key, data):
+        tasks, inner_key = sample_tasks(key, data), jax.random.fold_in(key, 1)
+        if chunks == 1:
+            return learner.evaluate(meta_params, tasks, steps=max_steps, key=inner_key)[name]
+        split, ids = split_tasks(tasks, chunks)
+        per_chunk = jax.lax.map(lambda c: learner.evaluate(meta_params, c[0], steps=max_steps, key=inner_key,
+                                                           task_ids=c[1])[name], (split, ids))
+        return merge_tasks(per_chunk)
+
+    return jax.jit(score)
 
 
 def meta_test(
@@ -46,6 +55,7 @@ def meta_test(
     max_steps: int,
     test_steps: int,
     metric: str,
+    chunks: int = 1,
 ) -> dict:
     """Scores ``meta_params`` on ``num_tasks`` fresh tasks after 0..``max_steps`` inner steps.
 
@@ -62,12 +72,15 @@ def meta_test(
       max_steps: the largest number of inner steps reported.
       test_steps: the step count whose score is the headline ``mean``.
       metric: ``"mse"`` (the loss) or the name of one of the learner's metrics.
+      chunks: score each batch in this many interleaved chunks, one after the other (as
+        :func:`jmaml.core.step.meta_gradient` does): the same tasks and scores, with the
+        memory of one chunk. Must divide ``batch``.
 
     Returns:
       ``{"metric", "mean", "ci95", "tasks", "test_steps", "per_step", "per_step_ci95"}``,
       where ``per_step[k]`` is the mean after ``k`` inner steps.
     """
-    score = _scorer(learner, sample_tasks, max_steps, "loss" if metric == "mse" else metric)
+    score = _scorer(learner, sample_tasks, max_steps, "loss" if metric == "mse" else metric, chunks)
     keys = jax.random.split(key, -(-num_tasks // batch))
     # [tasks, steps+1]; to_host gathers scores split over the devices of several processes
     per_task = np.concatenate([parallel.to_host(score(meta_params, k, data)) for k in keys])

@@ -37,6 +37,8 @@ def run_cli(capsys, *argv):
     (["train", "sinusoid", "--set", "meta_batch=many"], "config key 'meta_batch' needs an integer, got 'many'"),
     (["train", "sinusoid", "--set", "algorithm=mamI"], "unknown algorithm 'mamI'; choose one of: maml,"),
     (["train", "sinusoid", "--steps", "0"], "steps must be a positive integer, got 0"),
+    (["train", "sinusoid", "--set", "meta_chunks=-1"], "meta_chunks must be a non-negative integer, got -1"),
+    (["train", "sinusoid", "--set", "meta_chunks=3"], "meta_chunks (3) must divide meta_batch (25), or be 0 (auto)"),
     (["eval", "/nonexistent/run"], "/nonexistent/run is not a jmaml run folder (no config.json)"),
 ])
 def test_bad_input_is_one_clear_line_before_compiling(capsys, no_compile, argv, message):

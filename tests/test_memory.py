@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jmaml
-from jmaml import losses
+from jmaml import evaluation, losses
 from jmaml.data import sinusoid
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -86,6 +86,29 @@ def test_task_keys_do_not_depend_on_chunks():
     chex.assert_trees_all_close(one, two, rtol=1e-10, atol=1e-13)
     other = jax.jit(lambda mp: jmaml.meta_gradient(reptile, mp, batch, key=jax.random.PRNGKey(5)))(meta_params)
     assert not np.allclose(one[0][0], other[0][0])
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_chunked_meta_test_scores_the_same_tasks(algorithm):
+    """meta_test in 2 or 4 chunks equals it in one piece, per step (means and intervals), in float64;
+    Reptile's inner minibatches make each task's key matter, which must follow the task, not its chunk."""
+    learner, meta_params, _ = mlp_problem(steps=2)
+    if algorithm == "reptile":
+        learner = jmaml.reptile(learner.apply_fn, learner.loss_fn, inner_lr=0.01, inner_steps=2, inner_batch=3)
+
+    def sample(key, data):
+        return sinusoid.sample_tasks(key, 8, 8, 8, dtype=jnp.float64)
+
+    def run(chunks):
+        return evaluation.meta_test(learner, meta_params, sample, key=jax.random.PRNGKey(3), num_tasks=16, batch=8,
+                                    max_steps=3, test_steps=2, metric="mse", chunks=chunks)
+
+    one = run(1)
+    assert len(set(one["per_step"])) == 4  # the steps score differently: a real comparison
+    for chunks in (2, 4):
+        got = run(chunks)
+        np.testing.assert_allclose(got["per_step"], one["per_step"], rtol=1e-12)
+        np.testing.assert_allclose(got["per_step_ci95"], one["per_step_ci95"], rtol=1e-10)
 
 
 def temp_bytes(learner, meta_params, batch):

@@ -301,3 +301,28 @@ def test_loaded_images_go_to_a_cpu_device_without_a_copy(tmp_path):
         assert got.summary["cache"] == status
         placed = jax.device_put(got.images, jax.devices("cpu")[0])
         assert placed.unsafe_buffer_pointer() == got.images.ctypes.data, status
+
+
+def test_training_does_not_hold_the_test_split(tmp_path, monkeypatch):
+    """The mini workload checks all three splits and keeps only the training split on the device; the
+    test split (already checked, its episode validated from its shape) is read again, from its cache,
+    when the meta-test asks for it."""
+    from jmaml.experiment.configs import get_config
+    from jmaml.experiment.workloads import make_workload
+
+    monkeypatch.setattr(mi, "CLASSES", {"train": 5, "val": 5, "test": 4})
+    monkeypatch.setattr(mi, "IMAGES_PER_CLASS", 6)
+    labels = tuple(tuple(f"{p}{i}" for i in range(n)) for p, n in zip("abc", (5, 5, 4)))
+    want = _write_all(tmp_path / "data", "pickle", labels=labels)
+    reads = []
+    real = mi.load_source
+    monkeypatch.setattr(mi, "load_source", lambda source, **kw: reads.append(source.split) or real(source, **kw))
+    cfg = get_config("mini-5w1s", {"data_dir": str(tmp_path / "data"), "ways": 4, "queries": 2,
+                                   "eval_tasks": 4, "eval_batch": 2})
+    workload = make_workload(cfg)
+    assert sorted(reads) == ["test", "train", "val"] and callable(workload.test_data)
+    np.testing.assert_array_equal(workload.train_data, want[0])
+    np.testing.assert_array_equal(workload.held_out(), want[2])
+    assert sorted(reads) == ["test", "test", "train", "val"]
+    with pytest.raises(JmamlError, match="4 classes"):  # the deferred split's episode is still checked up front
+        make_workload(get_config("mini-5w1s", {"data_dir": str(tmp_path / "data"), "queries": 2}))

@@ -17,7 +17,7 @@ from jmaml.core.step import make_train_step, meta_gradient
 from jmaml.experiment import loop, train
 from jmaml.experiment.build import build, learner_from_config
 from jmaml.experiment.configs import Config, get_config
-from jmaml.experiment.workloads import image_workload, sinusoid_workload
+from jmaml.experiment.workloads import chunking, image_workload, sinusoid_workload
 
 TASKS = random_tasks(1, tasks=4, support=5, query=7)
 KEY = jax.random.PRNGKey(5)
@@ -116,6 +116,36 @@ def test_meta_chunks_reaches_the_train_step(monkeypatch, tmp_path):
     with pytest.raises(_Stop):
         trainer.compiled(trainer.learner, 1, build(cfg, sinusoid_workload(cfg)).template())
     assert seen["chunks"] == 2
+
+
+def test_meta_chunks_auto_is_one_task_per_device_on_the_cpu(monkeypatch, tmp_path):
+    """``meta_chunks=0`` (the miniImageNet configs' default): on the CPU one task per device per chunk,
+    in meta-training (it reaches the Trainer) and in the meta-test; on an accelerator one piece."""
+    seen = {}
+
+    class Spy(loop.Trainer):
+        def __init__(self, *args, **kwargs):
+            seen.update(inspect.signature(loop.Trainer).bind(*args, **kwargs).arguments)
+            raise _Stop
+
+    monkeypatch.setattr(train, "Trainer", Spy)
+    cfg = get_config("sinusoid", {"meta_batch": 4, "meta_chunks": 0, "hidden": (4,), "eval_batch": 10,
+                                  "eval_tasks": 10, "eval_max_steps": 1})
+    with pytest.raises(_Stop):
+        train.train(cfg, str(tmp_path / "run"), progress=False)
+    assert seen["meta_chunks"] == 4
+    monkeypatch.setattr(train, "meta_test", lambda *args, **kwargs: seen.update(eval_chunks=kwargs["chunks"]))
+    workload = sinusoid_workload(cfg)
+    setup = build(cfg, workload)
+    train.meta_test_of(cfg, workload, setup.learner, setup.template().meta_params)
+    assert seen["eval_chunks"] == 10
+    mini = get_config("mini-5w1s")
+    assert mini.meta_chunks == 0 and chunking(mini) == (4, 20)
+    assert chunking(mini, 2) == (2, 10)  # per device: each chunk spans every device
+    assert chunking(get_config("mini-5w1s", {"eval_batch": 5, "eval_tasks": 10}), 2) == (2, 5)  # eval not split
+    assert chunking(get_config("mini-5w1s", {"meta_chunks": 2})) == (2, 1)  # as given; meta-test in one piece
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chunking(mini) == (1, 1)
 
 
 def test_meta_chunks_same_gradient_chunked_program(x64):

@@ -63,12 +63,9 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
     grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
     if chunks == 1:
         return grad_fn(meta_params, tasks, meta_step, key=key)
-    size = jnp.shape(tasks.x_support)[0]
-    if size % chunks:
-        raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {size} tasks")
-    # interleaved: chunk c = tasks c, c + chunks, ... ([size] -> [size // chunks, chunks] -> transposed)
-    split = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(size // chunks, chunks, *a.shape[1:]), 0, 1), tasks)
-    ids = jnp.arange(size).reshape(size // chunks, chunks).T
+    if jnp.shape(tasks.x_support)[0] % chunks:
+        raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {jnp.shape(tasks.x_support)[0]} tasks")
+    split, ids = split_tasks(tasks, chunks)
 
     def add_chunk(total, chunk):
         chunk, task_ids = chunk
@@ -77,8 +74,24 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
 
     zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, meta_params))
     (loss, grads), aux = jax.lax.scan(add_chunk, zero, (split, ids))
-    aux = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(size, *a.shape[2:]), aux)  # back to task order
-    return (loss / chunks, aux), jax.tree.map(lambda g: g / chunks, grads)
+    return (loss / chunks, merge_tasks(aux)), jax.tree.map(lambda g: g / chunks, grads)
+
+
+def split_tasks(tasks: Tasks, chunks: int) -> tuple[Tasks, jax.Array]:
+    """``tasks`` in ``chunks`` interleaved chunks (``[chunks, size // chunks, ...]`` per leaf) and
+    each chunk's task indices (``[chunks, size // chunks]``): chunk ``c`` holds tasks ``c,
+    c + chunks, ...`` (see :func:`meta_gradient` for why interleaved)."""
+    size = jnp.shape(tasks.x_support)[0]
+    if size % chunks:
+        raise JmamlError(f"{chunks} chunks must divide the batch of {size} tasks")
+    split = jax.tree.map(lambda a: jnp.swapaxes(a.reshape(size // chunks, chunks, *a.shape[1:]), 0, 1), tasks)
+    return split, jnp.arange(size).reshape(size // chunks, chunks).T
+
+
+def merge_tasks(per_chunk: PyTree) -> PyTree:
+    """Per-task outputs ``[chunks, size // chunks, ...]`` of :func:`split_tasks` chunks, back in task
+    order (``[size, ...]``)."""
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]), per_chunk)
 
 
 def make_train_step(

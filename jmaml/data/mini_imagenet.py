@@ -57,12 +57,15 @@ class MiniImageNetSplits(NamedTuple):
       train: uint8 ``[classes, images_per_class, 84, 84, 3]`` (None if not kept, see
         :func:`load_mini_imagenet`); likewise ``val`` and ``test``.
       summary: one dict per split (train, val, test), see :func:`jmaml.data.cache.split_summary`.
+      sources: each split's checked :class:`Source`; :func:`load_source` reads a split that was not
+        kept, later, from the same cache (e.g. the meta-test split once training is done).
     """
 
     train: Any
     val: Any
     test: Any
     summary: tuple[dict, ...] = ()
+    sources: dict[str, Source] | None = None
 
 
 class LoadedSplit(NamedTuple):
@@ -431,4 +434,4 @@ def load_mini_imagenet(data_dir: PathLike | None = None, *, data_format: str | N
         summary.append(loaded.summary)
         del loaded
     summary.sort(key=lambda d: SPLITS.index(d["split"]))
-    return MiniImageNetSplits(out["train"], out["val"], out["test"], tuple(summary))
+    return MiniImageNetSplits(out["train"], out["val"], out["test"], tuple(summary), sources)

@@ -55,4 +55,5 @@ def build(cfg: Config, workload: Workload) -> Setup:
     learner = learner_from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
     optimizer = schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule)
     init_key, train_key, _ = keys(cfg)
-    return Setup(learner, optimizer, lambda: init_state(learner, optimizer, workload.init(init_key), train_key))
+    init = workload.init  # not the workload: the setup must not keep its data alive
+    return Setup(learner, optimizer, lambda: init_state(learner, optimizer, init(init_key), train_key))

@@ -55,7 +55,7 @@ class Config:
     meta_lr: float = 1e-3
     lr_schedule: str = "constant"
     steps: int = 70_000
-    meta_chunks: int = 1
+    meta_chunks: int = 1  # 0: auto, see workloads.chunking
     # model: MLP widths for regression, conv filters for images (0 = the paper's)
     hidden: tuple[int, ...] = (40, 40)
     filters: int = 0
@@ -100,7 +100,7 @@ _OMNIGLOT = Config(dataset="omniglot", ways=5, shots=1, queries=15, meta_batch=3
                    inner_steps=1, test_inner_steps=3, steps=60_000, eval_tasks=600, eval_max_steps=10)
 _MINI = Config(dataset="mini_imagenet", ways=5, shots=1, queries=15, meta_batch=4, inner_lr=0.01,
                inner_steps=5, test_inner_steps=10, steps=60_000, eval_tasks=600, eval_max_steps=10,
-               eval_batch=20, image_size=84)
+               eval_batch=20, image_size=84, meta_chunks=0)
 
 # The MAML paper's settings (Finn et al. 2017, section 5 and its reference code); see DESIGN.md.
 CONFIGS: dict[str, Config] = {
@@ -114,7 +114,8 @@ CONFIGS: dict[str, Config] = {
                                           inner_lr=0.1, inner_steps=5, test_inner_steps=5),
     "omniglot-20w5s": dataclasses.replace(_OMNIGLOT, name="omniglot-20w5s", ways=20, shots=5, queries=5,
                                           meta_batch=16, inner_lr=0.1, inner_steps=5, test_inner_steps=5),
-    # conv4 32 filters + max-pool, 84x84; five steps of 0.01 (10 at test); meta-batch 4 (2 for 5-shot).
+    # conv4 32 filters + max-pool, 84x84; five steps of 0.01 (10 at test); meta-batch 4 (2 for 5-shot);
+    # on the CPU one task at a time (meta_chunks=0), which keeps a run under 2.5 GB.
     "mini-5w1s": dataclasses.replace(_MINI, name="mini-5w1s"),
     "mini-5w5s": dataclasses.replace(_MINI, name="mini-5w5s", shots=5, meta_batch=2),
 }
@@ -208,8 +209,7 @@ def validate(cfg: Config) -> Config:
     _require(cfg.algorithm in ALGORITHMS,
              f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
     for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
-                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size",
-                "meta_chunks", "unroll"):
+                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size", "unroll"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{key} must be a positive integer, got {value!r}")
@@ -221,7 +221,7 @@ def validate(cfg: Config) -> Config:
              f"checkpoint_minutes must be a non-negative number (0: no time-based checkpoints), "
              f"got {cfg.checkpoint_minutes!r}")
     for key in ("filters", "data_seed", "checkpoint_every", "msl_anneal_steps",
-                "first_order_steps", "inner_batch", "eval_max_steps"):
+                "first_order_steps", "inner_batch", "eval_max_steps", "meta_chunks"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
     _require(cfg.eval_max_steps >= cfg.test_inner_steps,
@@ -238,8 +238,8 @@ def validate(cfg: Config) -> Config:
              f"hidden must be positive layer widths like 40,40, got {cfg.hidden!r}")
     _require(cfg.eval_tasks % cfg.eval_batch == 0 or cfg.eval_tasks < cfg.eval_batch,
              f"eval_tasks ({cfg.eval_tasks}) must be a multiple of eval_batch ({cfg.eval_batch})")
-    _require(cfg.meta_batch % cfg.meta_chunks == 0,
-             f"meta_chunks ({cfg.meta_chunks}) must divide meta_batch ({cfg.meta_batch})")
+    _require(cfg.meta_chunks == 0 or cfg.meta_batch % cfg.meta_chunks == 0,
+             f"meta_chunks ({cfg.meta_chunks}) must divide meta_batch ({cfg.meta_batch}), or be 0 (auto)")
     _require(cfg.data_format in ("", "csv", "pickle"),
              f"data_format must be csv or pickle (or empty: the one format in the folder), got {cfg.data_format!r}")
     if cfg.dataset == "mini_imagenet":

@@ -24,6 +24,7 @@ from jmaml import parallel
 from jmaml.core.learner import MetaLearner
 from jmaml.core.step import TrainState, make_train_step, scan_steps
 from jmaml.core.types import PyTree, Tasks
+from jmaml.experiment import memory
 
 
 class Clock:
@@ -128,6 +129,7 @@ class Trainer:
                 jitted = parallel.shard_fn(chunk_fn, self.mesh, donate_argnums=(0,))
             lowered = jitted.lower(abstract, self.data)
             self._compiled[phase, n] = lowered.compile()
+            memory.release_freed()  # the compiler's freed memory, before the program runs
         return self._compiled[phase, n]
 
     def fit(self, state: TrainState, steps: int, *, hooks: tuple[Hook, ...] = (),

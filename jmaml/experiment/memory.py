@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from typing import Any
 
@@ -55,3 +57,17 @@ def check_fits(need: int | None, what: str, drivers: str) -> None:
     device = jax.local_devices()[0]
     raise JmamlError(f"{what} needs {need / GiB:.1f} GiB but {device.platform} device {device.id} has "
                      f"{have / GiB:.1f} GiB available; {drivers}")
+
+
+def release_freed() -> None:
+    """Hands the memory this process has freed back to the operating system (glibc's ``malloc_trim``).
+
+    XLA's compiler frees most of what it allocates (several hundred MB for a second-order conv
+    net on the CPU), but glibc keeps freed pages in its arenas, so they stay in the run's resident
+    memory while the next program runs. A no-op where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # no libc found, or one without malloc_trim (musl, macOS)
+        pass

@@ -27,7 +27,7 @@ from jmaml.experiment import checkpoint, memory, runs
 from jmaml.experiment.build import build, keys
 from jmaml.experiment.configs import RESUMABLE_KEYS, Config, validate
 from jmaml.experiment.loop import Clock, Diverged, Trainer
-from jmaml.experiment.workloads import Workload, eval_batch, make_workload, summary_line
+from jmaml.experiment.workloads import Workload, chunking, eval_batch, make_workload, summary_line
 
 
 class RunFailed(Exception):
@@ -116,7 +116,8 @@ def meta_test_of(cfg: Config, workload: Workload, learner, meta_params, mesh=Non
     """The config's meta-test of ``meta_params``: mean +- 95% interval after 0..K inner steps; with a
     ``mesh``, each batch of test tasks is split over its devices (of every process) when their count
     divides the batch, and scored whole on every device otherwise."""
-    sample, data = workload.test_tasks, workload.test_data
+    sample, data = workload.test_tasks, workload.held_out()
+    memory.release_freed()  # what training freed, before the meta-test compiles and runs
     if mesh is not None:
         meta_params = parallel.replicate(meta_params, mesh)
         data = parallel.replicate(data, mesh) if data is not None else None
@@ -124,7 +125,8 @@ def meta_test_of(cfg: Config, workload: Workload, learner, meta_params, mesh=Non
             sample = parallel.shard_tasks(sample, mesh)
     return meta_test(learner, meta_params, sample, data, key=keys(cfg)[2],
                      num_tasks=cfg.eval_tasks, batch=eval_batch(cfg),
-                     max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric)
+                     max_steps=cfg.eval_max_steps, test_steps=cfg.test_inner_steps, metric=workload.metric,
+                     chunks=chunking(cfg, mesh.size if mesh is not None else 1)[1])
 
 
 def _chunk_values(metrics: dict[str, np.ndarray]) -> dict[str, float]:
@@ -143,7 +145,7 @@ def _program_fits(trainer: Trainer, cfg: Config, start: int, template: Any) -> N
     phase, n = trainer.plan(start, cfg.steps)
     memory.check_fits(memory.program_bytes(trainer.compiled(phase, n, template)), "the training program",
                       f"it grows with meta_batch (now {cfg.meta_batch}) and the model size (hidden, filters); "
-                      f"set remat=true (now {str(cfg.remat).lower()}) or meta_chunks=N (now {cfg.meta_chunks}) "
+                      f"set remat=true (now {str(cfg.remat).lower()}) or meta_chunks=N (now {trainer.meta_chunks}) "
                       "to cut it, or lower meta_batch")
 
 
@@ -194,7 +196,8 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
             if resume:
                 cfg = resume_config(runs.load_config(folder.path), cfg)
             mesh = parallel.make_mesh()
-            parallel.check_meta_batch(cfg.meta_batch, mesh.size, meta_chunks=cfg.meta_chunks)
+            meta_chunks = chunking(cfg, mesh.size)[0]
+            parallel.check_meta_batch(cfg.meta_batch, mesh.size, meta_chunks=meta_chunks)
             _data_fits(cfg)
             workload = make_workload(cfg)
             for summary in workload.data_summary if main else ():
@@ -209,7 +212,10 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
                     raise JmamlError(f"{folder.path} holds no finished checkpoint to resume from; start a new run")
             data = parallel.replicate(workload.train_data, mesh) if workload.train_data is not None else None
             trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, data,
-                              chunk=cfg.log_every, meta_chunks=cfg.meta_chunks, mesh=mesh)
+                              chunk=cfg.log_every, meta_chunks=meta_chunks, mesh=mesh)
+            # the trainer holds the training pool alone from here, so that _run can free it
+            del data
+            workload = workload._replace(train_data=None)
             if start < cfg.steps:
                 _program_fits(trainer, cfg, start, template)
             if resume:
@@ -294,6 +300,7 @@ def _run(cfg: Config, folder: runs.RunFolder, workload: Workload, setup, trainer
     finally:
         bar.close()
         log.close()
+    trainer.data = None  # the training pool (host memory on the CPU) is freed before the meta-test
     result = meta_test_of(cfg, workload, setup.learner, state.meta_params, trainer.mesh)
     result["train_seconds"] = clock.seconds()
     if main:

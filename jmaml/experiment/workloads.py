@@ -28,7 +28,9 @@ class Workload(NamedTuple):
       test_tasks: ``(key, test_data) -> Tasks`` with ``eval_batch`` held-out tasks.
       train_data: what ``train_tasks`` samples from, placed on the device (None if generated); image
         data stays uint8 there and the samplers convert the sampled batch to float32.
-      test_data: likewise for ``test_tasks``.
+      test_data: likewise for ``test_tasks``, or a function of no arguments that reads it (miniImageNet's
+        test split is read only when the meta-test needs it, so training does not hold it); see
+        :meth:`held_out`.
       data_summary: one plain dict per split (train, val, test) saying what was loaded (see
         :func:`jmaml.data.cache.split_summary`; :func:`summary_line` formats one); empty if generated.
     """
@@ -43,6 +45,10 @@ class Workload(NamedTuple):
     train_data: Any = None
     test_data: Any = None
     data_summary: tuple[dict, ...] = ()
+
+    def held_out(self) -> Any:
+        """``test_data``, read now if it is deferred (a function)."""
+        return self.test_data() if callable(self.test_data) else self.test_data
 
 
 def summary_line(summary: dict) -> str:
@@ -60,6 +66,25 @@ def summary_line(summary: dict) -> str:
 def eval_batch(cfg: Config) -> int:
     """Tasks per compiled meta-test call."""
     return min(cfg.eval_batch, cfg.eval_tasks)
+
+
+def chunking(cfg: Config, devices: int = 1) -> tuple[int, int]:
+    """``(meta_chunks, eval_chunks)``: the chunks that a meta-batch and a meta-test batch of ``cfg``
+    are computed in on ``devices`` devices of the default backend (same tasks, same results;
+    memory of one chunk).
+
+    ``meta_chunks=0`` (auto; the miniImageNet configs' default) means one chunk on a GPU or TPU
+    and, on the CPU, one task per device at a time in meta-training and meta-test: there the
+    run's memory is the host's, and a whole miniImageNet meta-batch needs 4-10 GB of temporaries
+    where one task needs about 1 GB. Any other value is the meta-training split as given, with
+    the meta-test in one piece.
+    """
+    if cfg.meta_chunks:
+        return cfg.meta_chunks, 1
+    if jax.default_backend() != "cpu":
+        return 1, 1
+    batch = eval_batch(cfg)
+    return max(cfg.meta_batch // devices, 1), batch // devices if batch % devices == 0 else batch
 
 
 def sinusoid_workload(cfg: Config) -> Workload:
@@ -80,13 +105,21 @@ def sinusoid_workload(cfg: Config) -> Workload:
     )
 
 
+class Deferred(NamedTuple):
+    """Images read only when they are needed: their ``shape`` now, the array from ``load()``."""
+
+    shape: tuple[int, ...]
+    load: Callable[[], Any]
+
+
 def image_workload(cfg: Config, train_images, test_images, variant: str,
                    data_summary: tuple[dict, ...] = ()) -> Workload:
     """N-way K-shot classification with Conv4 over image arrays ``[classes, drawings, H, W, C]``.
 
     The episode (ways, shots, queries against the classes and drawings on hand) is checked
     here, before anything is compiled. Images (uint8 0..255, or float in [0, 1]) are placed on the
-    device as they are, sampled inside the jitted step and converted to float32 there.
+    device as they are, sampled inside the jitted step and converted to float32 there;
+    ``test_images`` may be :class:`Deferred`, placed when the meta-test reads it.
     """
     for images, meta_batch, queries in ((train_images, cfg.meta_batch, cfg.queries),
                                         (test_images, eval_batch(cfg), cfg.queries)):
@@ -112,7 +145,8 @@ def image_workload(cfg: Config, train_images, test_images, variant: str,
         train_tasks=sampler(cfg.meta_batch),
         test_tasks=sampler(eval_batch(cfg)),
         train_data=jax.device_put(train_images),
-        test_data=jax.device_put(test_images),
+        test_data=((lambda: jax.device_put(test_images.load())) if isinstance(test_images, Deferred)
+                   else jax.device_put(test_images)),
         data_summary=tuple(data_summary),
     )
 
@@ -129,16 +163,20 @@ def omniglot_workload(cfg: Config) -> Workload:
 def mini_imagenet_workload(cfg: Config) -> Workload:
     """miniImageNet, Ravi & Larochelle split: 64 classes to meta-train, 20 to meta-test.
 
-    All three splits are checked before any is converted; the validation split is read for its
-    summary and the overlap check only. The kept splits go to the device as uint8 one at a time.
+    All three splits are checked before any is converted; the validation and test splits are read
+    for their summary and the overlap check, and the training split goes to the device as uint8.
+    The test split is read again (from its cache) when the meta-test needs it.
 
     ``cfg.data_format`` (``"csv"`` or ``"pickle"``) chooses for a folder holding both.
     """
-    from jmaml.data.mini_imagenet import load_mini_imagenet
+    from jmaml.data.mini_imagenet import IMAGE_SHAPE, load_mini_imagenet, load_source
 
-    splits = load_mini_imagenet(cfg.data_dir or None, data_format=cfg.data_format or None, keep=("train", "test"),
+    splits = load_mini_imagenet(cfg.data_dir or None, data_format=cfg.data_format or None, keep=("train",),
                                 place=jax.device_put)
-    return image_workload(cfg, splits.train, splits.test, "mini_imagenet", splits.summary)
+    source, summary = splits.sources["test"], next(d for d in splits.summary if d["split"] == "test")
+    test = Deferred((summary["classes"], summary["images"] // summary["classes"], *IMAGE_SHAPE),
+                    lambda: load_source(source).images)
+    return image_workload(cfg, splits.train, test, "mini_imagenet", splits.summary)
 
 
 WORKLOADS = {"sinusoid": sinusoid_workload, "omniglot": omniglot_workload,
