@@ -138,18 +138,28 @@ def shard_fn(fn: Callable, mesh: Mesh, *, donate_argnums: tuple[int, ...] = ()) 
     return jax.jit(fn, in_shardings=replicated(mesh), out_shardings=replicated(mesh), donate_argnums=donate_argnums)
 
 
-def _global_array(x: Any, sharding: NamedSharding) -> jax.Array:
-    if not multi_process():  # no host round trip: an array already in place is not copied again
-        return jax.device_put(x, sharding)
-    host = np.asarray(x)  # same value on every process (replicated state, data loaded identically)
+def _global_array(x: Any, sharding: NamedSharding, alias: bool) -> jax.Array:
+    if alias and not multi_process():
+        return jax.device_put(x, sharding, may_alias=True)
+    # a private host copy, the same on every process (replicated state, data loaded identically): what
+    # the result is built from is never the caller's buffer, which a donating step would delete
+    host = np.array(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
+def replicate(tree: Any, mesh: Mesh, *, alias: bool = False) -> Any:
     """``tree`` placed whole on every device of ``mesh`` (works across processes), dtypes kept:
-    uint8 image pools stay uint8 and are converted inside the step."""
+    uint8 image pools stay uint8 and are converted inside the step.
+
+    Args:
+      tree: the state or the data.
+      mesh: the devices.
+      alias: in a single-process run, reuse ``tree``'s buffers where they already are in place
+        instead of copying them (for data such as an image pool, which must not be held twice).
+        Never for what a step donates (the train state): donation would delete ``tree`` too.
+    """
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: _global_array(x, sharding), tree)
+    return jax.tree.map(lambda x: _global_array(x, sharding, alias), tree)
 
 
 def shard(tasks: Any, mesh: Mesh) -> Any:

@@ -144,3 +144,19 @@ def test_initialize_refuses_incomplete_arguments():
         parallel.initialize("localhost", 2, 0)
     with pytest.raises(JmamlError, match=r"--process-id 2 must be in 0\.\.1"):
         parallel.initialize("localhost:1", 2, 2)
+
+
+def test_replicate_copies_the_state_and_may_alias_the_data():
+    """The state replicate places is a copy, so a step that donates it leaves the caller's arrays alive;
+    with ``alias=True`` (image pools) an array already in place on the CPU is used as it is, not copied."""
+    import jax
+    import jax.numpy as jnp
+
+    mesh = parallel.make_mesh()
+    state = {"w": jnp.arange(4.0), "key": jax.random.key_data(jax.random.key(0))}
+    placed = parallel.replicate(state, mesh)
+    step = jax.jit(lambda s: jax.tree.map(lambda a: a + 1, s), donate_argnums=0)
+    jax.block_until_ready(step(placed))
+    np.testing.assert_array_equal(state["w"], np.arange(4.0))  # still readable after the donation
+    pool = jnp.zeros((8, 3), jnp.uint8)
+    assert parallel.replicate(pool, mesh, alias=True).unsafe_buffer_pointer() == pool.unsafe_buffer_pointer()

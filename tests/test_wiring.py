@@ -90,9 +90,8 @@ class _Stop(Exception):
     pass
 
 
-def test_meta_chunks_reaches_the_train_step(monkeypatch, tmp_path):
-    """``train`` gives ``meta_chunks`` to the Trainer, and the Trainer to ``make_train_step``; both are stopped
-    before anything compiles."""
+def spy_trainer(monkeypatch) -> dict:
+    """Makes ``train`` stop where it builds its Trainer; returns the dict that gets the Trainer's arguments."""
     seen = {}
 
     class Spy(loop.Trainer):
@@ -101,6 +100,13 @@ def test_meta_chunks_reaches_the_train_step(monkeypatch, tmp_path):
             raise _Stop
 
     monkeypatch.setattr(train, "Trainer", Spy)
+    return seen
+
+
+def test_meta_chunks_reaches_the_train_step(monkeypatch, tmp_path):
+    """``train`` gives ``meta_chunks`` to the Trainer, and the Trainer to ``make_train_step``; both are stopped
+    before anything compiles."""
+    seen = spy_trainer(monkeypatch)
     cfg = get_config("sinusoid", {"meta_batch": 4, "meta_chunks": 2, "hidden": (4,)})
     with pytest.raises(_Stop):
         train.train(cfg, str(tmp_path / "run"), progress=False)
@@ -121,14 +127,7 @@ def test_meta_chunks_reaches_the_train_step(monkeypatch, tmp_path):
 def test_meta_chunks_auto_is_one_task_per_device_on_the_cpu(monkeypatch, tmp_path):
     """``meta_chunks=0`` (the miniImageNet configs' default): on the CPU one task per device per chunk,
     in meta-training (it reaches the Trainer) and in the meta-test; on an accelerator one piece."""
-    seen = {}
-
-    class Spy(loop.Trainer):
-        def __init__(self, *args, **kwargs):
-            seen.update(inspect.signature(loop.Trainer).bind(*args, **kwargs).arguments)
-            raise _Stop
-
-    monkeypatch.setattr(train, "Trainer", Spy)
+    seen = spy_trainer(monkeypatch)
     cfg = get_config("sinusoid", {"meta_batch": 4, "meta_chunks": 0, "hidden": (4,), "eval_batch": 10,
                                   "eval_tasks": 10, "eval_max_steps": 1})
     with pytest.raises(_Stop):

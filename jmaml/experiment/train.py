@@ -120,7 +120,7 @@ def meta_test_of(cfg: Config, workload: Workload, learner, meta_params, mesh=Non
     memory.release_freed()  # what training freed, before the meta-test compiles and runs
     if mesh is not None:
         meta_params = parallel.replicate(meta_params, mesh)
-        data = parallel.replicate(data, mesh) if data is not None else None
+        data = parallel.replicate(data, mesh, alias=True) if data is not None else None
         if eval_batch(cfg) % mesh.size == 0:
             sample = parallel.shard_tasks(sample, mesh)
     return meta_test(learner, meta_params, sample, data, key=keys(cfg)[2],
@@ -210,7 +210,8 @@ def train(cfg: Config, out: str, *, resume: bool = False, progress: bool = True)
                 start = checkpoint.latest_step(ckpt_dir)
                 if start is None:
                     raise JmamlError(f"{folder.path} holds no finished checkpoint to resume from; start a new run")
-            data = parallel.replicate(workload.train_data, mesh) if workload.train_data is not None else None
+            data = (parallel.replicate(workload.train_data, mesh, alias=True)
+                    if workload.train_data is not None else None)
             trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, data,
                               chunk=cfg.log_every, meta_chunks=meta_chunks, mesh=mesh)
             # the trainer holds the training pool alone from here, so that _run can free it
