@@ -283,26 +283,17 @@ class MetaLearner:
         ``jax.random.fold_in(key, task_ids[i])`` (``None`` without ``key``); ``task_ids`` is each
         task's index in the whole meta-batch (default ``arange``), so that a task's key does not
         depend on how the meta-batch is split into chunks or across devices.
-
-        The meta-parameters enter as one explicit broadcast over the tasks, so that the gradient
-        flows back through a single sum over the task axis, taken after each task's contributions
-        (the direct path and the one through the inner loop) are added. Closed over instead, every
-        use of them is summed over the tasks on its own; with the tasks split over devices each such
-        sum is an all-reduce, which XLA:CPU does not merge (2.9x the gradient's bytes for
-        second-order MAML, measured by ``benchmarks/scaling.py``).
         """
 
         def mapped(meta_params, tasks, *rest, key=None, task_ids=None):
-            size = jnp.shape(tasks.x_support)[0]
             if task_ids is None:
-                task_ids = jnp.arange(size)
-            per_task = jax.tree.map(lambda p: jnp.broadcast_to(p, (size, *jnp.shape(p))), meta_params)
+                task_ids = jnp.arange(jnp.shape(tasks.x_support)[0])
 
-            def one(mp, task, task_id, *rest):
+            def one(task, task_id, *rest):
                 task_key = None if key is None else jax.random.fold_in(key, task_id)
-                return fn(mp, task, task_key, *rest)
+                return fn(meta_params, task, task_key, *rest)
 
-            return jax.vmap(one, in_axes=(0, 0, 0) + (None,) * len(rest))(per_task, tasks, task_ids, *rest)
+            return jax.vmap(one, in_axes=(0, 0) + (None,) * len(rest))(tasks, task_ids, *rest)
 
         return mapped
 

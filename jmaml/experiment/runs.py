@@ -174,7 +174,7 @@ def _summary_writer() -> type:
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter
         return SummaryWriter
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    sys.modules["torch"] = None  # type: ignore[assignment]  # importing it now raises ImportError
     try:
         from tensorboardX import SummaryWriter
     finally:
