@@ -166,7 +166,7 @@ def shard(tasks: Any, mesh: Mesh) -> Any:
     """Host-side tasks (the same global batch on every process) split over the devices."""
     check_meta_batch(_leading_size(tasks), mesh.size)
     sharding = task_sharded(mesh)
-    return jax.tree.map(lambda x: _global_array(x, sharding), tasks)
+    return jax.tree.map(lambda x: _global_array(x, sharding, alias=False), tasks)
 
 
 def to_host(tree: Any) -> Any:

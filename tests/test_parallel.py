@@ -160,3 +160,12 @@ def test_replicate_copies_the_state_and_may_alias_the_data():
     np.testing.assert_array_equal(state["w"], np.arange(4.0))  # still readable after the donation
     pool = jnp.zeros((8, 3), jnp.uint8)
     assert parallel.replicate(pool, mesh, alias=True).unsafe_buffer_pointer() == pool.unsafe_buffer_pointer()
+
+
+def test_shard_splits_host_tasks_over_the_devices():
+    """``parallel.shard`` places a host-side batch on the task axis, values unchanged."""
+    mesh = parallel.make_mesh()
+    tasks = {"x": np.arange(8.0).reshape(4, 2)}
+    placed = parallel.shard(tasks, mesh)
+    assert placed["x"].sharding == parallel.task_sharded(mesh)
+    np.testing.assert_array_equal(placed["x"], tasks["x"])
