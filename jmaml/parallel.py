@@ -27,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
@@ -328,7 +329,7 @@ def agree(value: str, what: str) -> None:
         return
     from jax.experimental import multihost_utils
 
-    digest = np.frombuffer(__import__("hashlib").sha256(value.encode()).digest()[:8], np.uint32)
+    digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:8], np.uint32)
     try:
         multihost_utils.assert_equal(digest, fail_message=what)
     except AssertionError:

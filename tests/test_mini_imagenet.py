@@ -308,7 +308,7 @@ def test_training_does_not_hold_the_test_split(tmp_path, monkeypatch):
     test split (already checked, its episode validated from its shape) is read again, from its cache,
     when the meta-test asks for it."""
     from jmaml.experiment.configs import get_config
-    from jmaml.experiment.workloads import make_workload
+    from jmaml.experiment.workloads import Deferred, make_workload
 
     monkeypatch.setattr(mi, "CLASSES", {"train": 5, "val": 5, "test": 4})
     monkeypatch.setattr(mi, "IMAGES_PER_CLASS", 6)
@@ -320,7 +320,7 @@ def test_training_does_not_hold_the_test_split(tmp_path, monkeypatch):
     cfg = get_config("mini-5w1s", {"data_dir": str(tmp_path / "data"), "ways": 4, "queries": 2,
                                    "eval_tasks": 4, "eval_batch": 2})
     workload = make_workload(cfg)
-    assert sorted(reads) == ["test", "train", "val"] and callable(workload.test_data)
+    assert sorted(reads) == ["test", "train", "val"] and isinstance(workload.test_data, Deferred)
     np.testing.assert_array_equal(workload.train_data, want[0])
     np.testing.assert_array_equal(workload.held_out(), want[2])
     assert sorted(reads) == ["test", "test", "train", "val"]

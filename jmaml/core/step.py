@@ -63,8 +63,9 @@ def meta_gradient(learner: MetaLearner, meta_params: PyTree, tasks: Tasks, meta_
     grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
     if chunks == 1:
         return grad_fn(meta_params, tasks, meta_step, key=key)
-    if jnp.shape(tasks.x_support)[0] % chunks:
-        raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {jnp.shape(tasks.x_support)[0]} tasks")
+    size = jnp.shape(tasks.x_support)[0]
+    if size % chunks:  # split_tasks checks too; this message names the config key
+        raise JmamlError(f"meta_chunks={chunks} must divide the meta-batch of {size} tasks")
     split, ids = split_tasks(tasks, chunks)
 
     def add_chunk(total, chunk):

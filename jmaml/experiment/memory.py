@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Any
 
@@ -66,8 +65,7 @@ def release_freed() -> None:
     net on the CPU), but glibc keeps freed pages in its arenas, so they stay in the run's resident
     memory while the next program runs. A no-op where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # no libc found, or one without malloc_trim (musl, macOS)
+        ctypes.CDLL(None).malloc_trim(0)  # the C library the process already runs on
+    except (OSError, AttributeError):  # one without malloc_trim (musl, macOS) or no symbol table to search
         pass

@@ -15,6 +15,13 @@ from jmaml.experiment.configs import DATASETS, Config
 from jmaml.models import MLP, Conv4, functional
 
 
+class Deferred(NamedTuple):
+    """Images read only when they are needed: their ``shape`` now, the array from ``load()``."""
+
+    shape: tuple[int, ...]
+    load: Callable[[], Any]
+
+
 class Workload(NamedTuple):
     """Everything data- and model-specific that meta-training and meta-test need.
 
@@ -28,9 +35,8 @@ class Workload(NamedTuple):
       test_tasks: ``(key, test_data) -> Tasks`` with ``eval_batch`` held-out tasks.
       train_data: what ``train_tasks`` samples from, placed on the device (None if generated); image
         data stays uint8 there and the samplers convert the sampled batch to float32.
-      test_data: likewise for ``test_tasks``, or a function of no arguments that reads it (miniImageNet's
-        test split is read only when the meta-test needs it, so training does not hold it); see
-        :meth:`held_out`.
+      test_data: likewise for ``test_tasks``, or :class:`Deferred` (miniImageNet's test split is read
+        only when the meta-test needs it, so training does not hold it); see :meth:`held_out`.
       data_summary: one plain dict per split (train, val, test) saying what was loaded (see
         :func:`jmaml.data.cache.split_summary`; :func:`summary_line` formats one); empty if generated.
     """
@@ -47,8 +53,8 @@ class Workload(NamedTuple):
     data_summary: tuple[dict, ...] = ()
 
     def held_out(self) -> Any:
-        """``test_data``, read now if it is deferred (a function)."""
-        return self.test_data() if callable(self.test_data) else self.test_data
+        """``test_data``, read now if it is :class:`Deferred`."""
+        return self.test_data.load() if isinstance(self.test_data, Deferred) else self.test_data
 
 
 def summary_line(summary: dict) -> str:
@@ -105,13 +111,6 @@ def sinusoid_workload(cfg: Config) -> Workload:
     )
 
 
-class Deferred(NamedTuple):
-    """Images read only when they are needed: their ``shape`` now, the array from ``load()``."""
-
-    shape: tuple[int, ...]
-    load: Callable[[], Any]
-
-
 def image_workload(cfg: Config, train_images, test_images, variant: str,
                    data_summary: tuple[dict, ...] = ()) -> Workload:
     """N-way K-shot classification with Conv4 over image arrays ``[classes, drawings, H, W, C]``.
@@ -119,7 +118,7 @@ def image_workload(cfg: Config, train_images, test_images, variant: str,
     The episode (ways, shots, queries against the classes and drawings on hand) is checked
     here, before anything is compiled. Images (uint8 0..255, or float in [0, 1]) are placed on the
     device as they are, sampled inside the jitted step and converted to float32 there;
-    ``test_images`` may be :class:`Deferred`, placed when the meta-test reads it.
+    ``test_images`` may be :class:`Deferred`, whose ``load`` places them when the meta-test reads them.
     """
     for images, meta_batch, queries in ((train_images, cfg.meta_batch, cfg.queries),
                                         (test_images, eval_batch(cfg), cfg.queries)):
@@ -145,8 +144,7 @@ def image_workload(cfg: Config, train_images, test_images, variant: str,
         train_tasks=sampler(cfg.meta_batch),
         test_tasks=sampler(eval_batch(cfg)),
         train_data=jax.device_put(train_images),
-        test_data=((lambda: jax.device_put(test_images.load())) if isinstance(test_images, Deferred)
-                   else jax.device_put(test_images)),
+        test_data=test_images if isinstance(test_images, Deferred) else jax.device_put(test_images),
         data_summary=tuple(data_summary),
     )
 
@@ -175,7 +173,7 @@ def mini_imagenet_workload(cfg: Config) -> Workload:
                                 place=jax.device_put)
     source, summary = splits.sources["test"], next(d for d in splits.summary if d["split"] == "test")
     test = Deferred((summary["classes"], summary["images"] // summary["classes"], *IMAGE_SHAPE),
-                    lambda: load_source(source).images)
+                    lambda: jax.device_put(load_source(source).images))
     return image_workload(cfg, splits.train, test, "mini_imagenet", splits.summary)
 
 
