@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes are not for the console
+    # orbax's notes are not for the console, nor are the errors its background threads log after a failed
+    # save (a full disk): the failure reaches the user as one `error:` line naming the intact checkpoint
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         _start_processes(args)
         {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}[args.command](args)
