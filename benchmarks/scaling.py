@@ -1,8 +1,7 @@
 """Tasks per second against the device count, weak and strong scaling, and the all-reduce bytes per step.
 
-Times the sharded, jitted meta-training step of ``jmaml train`` (built the same way:
-:func:`jmaml.experiment.build.build` on the config's workload, :class:`jmaml.experiment.loop.Trainer`
-over a :func:`jmaml.parallel.make_mesh` of the first ``n`` devices, one step per dispatch) for
+Times the sharded, jitted meta-training step of ``jmaml train`` (prepared the same way,
+:func:`jmaml.experiment.prepare` on the first ``n`` devices, one step per dispatch) for
 each device count ``n`` of ``--devices`` and two sweeps:
 
 - weak scaling: ``--per-device`` tasks on every device, so the meta-batch grows as ``n``;
@@ -141,50 +140,34 @@ def workload_of(cfg: Config, data: str, pool):
     return image_workload(cfg, pool, pool[:cfg.ways], variant)
 
 
-@dataclasses.dataclass
-class Program:
-    """The compiled one-step training program of a config on ``n`` devices, as ``jmaml train`` builds it."""
-
-    setup: Any
-    train_data: Any
-    compiled: Any
-    compile_s: float
-    devices: list
-
-
-def compile_step(cfg: Config, n: int, data: str, pool) -> Program:
-    """``cfg``'s train step on the first ``n`` devices: :func:`jmaml.experiment.build.build`, the state and
-    data replicated and the tasks split by :class:`jmaml.experiment.loop.Trainer`, one step per dispatch."""
+def compile_step(cfg: Config, n: int, data: str, pool):
+    """``cfg``'s train step on the first ``n`` devices, prepared as ``jmaml train`` prepares it
+    (:func:`jmaml.experiment.prepare`, no run folder), one step per dispatch: a :class:`Run` whose
+    ``compile_seconds`` is the first program's compile time."""
     import jax
 
-    from jmaml import parallel
-    from jmaml.experiment.build import build
-    from jmaml.experiment.loop import Trainer
+    from jmaml.experiment import prepare
 
     devices = jax.devices()[:n]
     if len(devices) < n:
         raise UsageError(f"{n} devices asked, {len(devices)} present")
-    mesh = parallel.make_mesh(devices)
-    workload = workload_of(cfg, data, pool)
-    setup = build(cfg, workload)
-    train_data = parallel.replicate(workload.train_data, mesh) if workload.train_data is not None else None
-    trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, train_data, chunk=1,
-                      meta_chunks=chunking(cfg, n)[0], mesh=mesh)
-    start = time.perf_counter()
-    compiled = trainer.compiled(*trainer.plan(0, cfg.steps), setup.template())
-    return Program(setup, train_data, compiled, time.perf_counter() - start, devices)
+    return prepare(dataclasses.replace(cfg, log_every=1), None, progress=False, devices=devices,
+                   workload=workload_of(cfg, data, pool))
 
 
-def measure(program: Program, cfg: Config, mode: str, *, steps: int, warmup: int) -> dict:
-    """One row: the median step time of ``program`` (``cfg``'s step) and the collectives it runs."""
+def measure(program, cfg: Config, mode: str, *, steps: int, warmup: int) -> dict:
+    """One row: the median step time of ``program`` (a prepared run of ``cfg``, see :func:`compile_step`)
+    and the collectives it runs."""
     import jax
 
     from jmaml import parallel
 
-    n, devices, compiled, train_data = len(program.devices), program.devices, program.compiled, program.train_data
-    template = program.setup.template()
+    trainer = program.trainer
+    devices, train_data = list(trainer.mesh.devices.flat), trainer.data
+    n, template = len(devices), program.setup.template()
+    compiled = trainer.compiled(*trainer.plan(0, cfg.steps), template)
     collectives = collective_bytes(compiled.as_text())
-    state = parallel.replicate(program.setup.init(), parallel.make_mesh(devices))
+    state = parallel.replicate(program.setup.init(), trainer.mesh)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -196,7 +179,8 @@ def measure(program: Program, cfg: Config, mode: str, *, steps: int, warmup: int
     gradient = sum(int(np.prod(leaf.shape)) * 4 for leaf in jax.tree.leaves(template.meta_params))
     return {"mode": mode, "devices": n, "meta_batch": cfg.meta_batch, "tasks_per_device": cfg.meta_batch // n,
             "median_ms": 1e3 * median, "min_ms": 1e3 * min(times), "tasks_per_s": cfg.meta_batch / median,
-            "steps": steps, "warmup": warmup, "compile_s": program.compile_s, **collectives, "gradient_bytes": gradient,
+            "steps": steps, "warmup": warmup, "compile_s": program.compile_seconds, **collectives,
+            "gradient_bytes": gradient,
             "meta_params": gradient // 4, "finite": bool(finite), "device_kind": devices[0].device_kind,
             "platform": devices[0].platform}
 
@@ -206,7 +190,7 @@ def run_counts(cfg: Config, counts: list[int], sizes: dict[tuple[str, int], int]
     pool = synthetic_images(cfg) if cfg.dataset != "sinusoid" and args.data == "synthetic" else None
     rows = []
     for n in counts:
-        programs: dict[int, Program] = {}  # by meta-batch: weak and strong share a program where they meet
+        programs: dict[int, Any] = {}  # by meta-batch: weak and strong share a program where they meet
         for mode in args.modes:
             mode_cfg = dataclasses.replace(cfg, meta_batch=sizes[mode, n])
             if mode_cfg.meta_batch not in programs:
@@ -217,6 +201,8 @@ def run_counts(cfg: Config, counts: list[int], sizes: dict[tuple[str, int], int]
                   f"(gradient {row['gradient_bytes']} B), compiled in {row['compile_s']:.1f} s",
                   file=sys.stderr, flush=True)
             rows.append(row)
+        for program in programs.values():
+            program.close()
     return rows
 
 

@@ -1,10 +1,10 @@
 """Time to accuracy: meta-train a config and meta-test it at given seconds of training.
 
-Training runs through the one host loop, :class:`jmaml.experiment.loop.Trainer`, built as
-``jmaml train`` builds it (:func:`jmaml.experiment.build.build`, :func:`workloads.make_workload`).
-A hook evaluates inside ``clock.paused()`` at the first chunk boundary past each mark, so training
-time excludes the evaluations; the one-off compilation of the training chunk happens before the clock
-starts and is reported on its own. The default is Omniglot 5-way 1-shot with the paper's settings,
+Training runs as ``jmaml train`` runs it, prepared by :func:`jmaml.experiment.prepare` (without a
+run folder) and trained by :meth:`Run.fit <jmaml.experiment.run.Run.fit>`. A hook evaluates inside
+``clock.paused()`` at the first dispatch boundary past each mark, so training time excludes the
+evaluations; the one-off compilation of the training program happens in ``prepare``, before the
+clock starts, and is reported on its own. The default is Omniglot 5-way 1-shot with the paper's settings,
 evaluated on 600 test tasks (95% interval) at 15, 30 and 60 s.
 
     python benchmarks/time_to_accuracy.py [--config omniglot-5w1s] [--at 15 30 60] [--eval-tasks 600] \\
@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
@@ -25,11 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.harness.environment import describe  # noqa: E402
-from jmaml.experiment.build import build  # noqa: E402
-from jmaml.experiment.configs import get_config, parse_overrides  # noqa: E402
-from jmaml.experiment.loop import Clock, Trainer  # noqa: E402
-from jmaml.experiment.train import meta_test_of  # noqa: E402
-from jmaml.experiment.workloads import chunking, make_workload  # noqa: E402
+from jmaml.experiment import get_config, parse_overrides, prepare  # noqa: E402
 
 
 def run(config: str, marks: list[float], eval_tasks: int, overrides: dict) -> dict:
@@ -39,32 +34,25 @@ def run(config: str, marks: list[float], eval_tasks: int, overrides: dict) -> di
       ``{"config", "compile_s", "rows": [{"mark", "seconds", "step", "mean", "ci95", "tasks"}]}``.
     """
     cfg = get_config(config, overrides)
-    workload = make_workload(cfg)
-    setup = build(cfg, workload)
-    trainer = Trainer(setup.learner, setup.optimizer, workload.train_tasks, workload.train_data,
-                      chunk=cfg.log_every, meta_chunks=chunking(cfg)[0])
-    state = setup.init()
-    start = time.perf_counter()
-    trainer.compiled(*trainer.plan(0, cfg.steps), state)
-    compile_s = time.perf_counter() - start
-    # the workload's test sampler draws eval_batch tasks per call: meta_test rounds up to whole batches
-    test_cfg = dataclasses.replace(cfg, eval_tasks=eval_tasks, eval_max_steps=cfg.test_inner_steps)
     pending, rows = sorted(marks), []
+    # the workload's test sampler draws eval_batch tasks per call: meta_test rounds up to whole batches
+    test = {"eval_tasks": eval_tasks, "eval_max_steps": cfg.test_inner_steps}
+    with prepare(cfg, None, progress=False) as prepared:
+        metric = prepared.workload.metric
 
-    def evaluate(step, state, metrics, clock):
-        seconds = clock.seconds()
-        if pending and seconds >= pending[0]:
-            with clock.paused():
-                result = meta_test_of(test_cfg, workload, setup.learner, state.meta_params)
-            while pending and seconds >= pending[0]:
-                rows.append({"mark": pending.pop(0), "seconds": seconds, "step": step, "mean": result["mean"],
-                             "ci95": result["ci95"], "tasks": eval_tasks, "metric": workload.metric})
-                print(f"{seconds:8.1f} s  step {step:6d}  {workload.metric} {show(rows[-1])}", file=sys.stderr,
-                      flush=True)
+        def evaluate(step, state, metrics, clock):
+            seconds = clock.seconds()
+            if pending and seconds >= pending[0]:
+                with clock.paused():
+                    result = prepared.meta_test(state, **test)
+                while pending and seconds >= pending[0]:
+                    rows.append({"mark": pending.pop(0), "seconds": seconds, "step": step, "mean": result["mean"],
+                                 "ci95": result["ci95"], "tasks": eval_tasks, "metric": metric})
+                    print(f"{seconds:8.1f} s  step {step:6d}  {metric} {show(rows[-1])}", file=sys.stderr,
+                          flush=True)
 
-    clock = Clock()
-    trainer.fit(state, cfg.steps, hooks=(evaluate,), should_stop=lambda: not pending, clock=clock)
-    return {"config": dataclasses.asdict(cfg), "compile_s": compile_s, "rows": rows}
+        prepared.fit(hooks=(evaluate,), should_stop=lambda: not pending)
+    return {"config": dataclasses.asdict(cfg), "compile_s": prepared.compile_seconds, "rows": rows}
 
 
 def show(row: dict) -> str:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +17,10 @@ if SCRIPT.is_file():
     LAUNCHERS.append(pytest.param([str(SCRIPT)], id="jmaml-script"))
 
 
-def run(launcher, *args, cwd):
+def run(launcher, *args, cwd, env=None):
     """Runs the command with this checkout's ``jmaml`` first on the path; returns (code, stdout, stderr)."""
     path = [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     return done.returncode, done.stdout, done.stderr
 
@@ -39,12 +40,16 @@ def test_train_prints_the_meta_test_and_saves_the_run(trained):
     assert code == 0, err
     assert "error" not in err
     lines = out.splitlines()
-    assert lines[0].startswith("meta-test over 10 tasks, mse after 1 inner steps: ")
+    assert lines[0] == f"training on 1 cpu device in 1 process, jax {jax.__version__}"
+    assert lines[1].startswith("meta-test over 10 tasks, mse after 1 inner steps: ")
     assert lines[-1] == f"run saved in {where / 'run'}"
     steps = [json.loads(line)["step"] for line in (where / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4]
     result = json.loads((where / "run" / "eval.json").read_text())
-    assert result["tasks"] == 10 and f"{result['mean']:.4f}" in lines[0]
+    assert result["tasks"] == 10 and f"{result['mean']:.4f}" in lines[1]
+    assert result["step"] == 4 and result["ran_on"]["device_count"] == 1
+    (start,) = json.loads((where / "run" / "run.json").read_text())["starts"]
+    assert start["start_step"] == 0 and start["versions"]["jax"] == jax.__version__ and start["command"][1] == "train"
 
 
 def test_eval_of_the_run(trained):
@@ -90,3 +95,23 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, launcher, args, message
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert err.startswith(message), err
     assert os.listdir(tmp_path) == []  # nothing was written
+
+
+def test_run_folder_records_where_each_start_ran(tmp_path):
+    """A run started on 4 simulated CPU devices and resumed on 1 keeps both starts in run.json, each with its
+    device count, and the console's first line says where it trains."""
+    tiny = ["--no-progress", "--set", "hidden=4", "--set", "meta_batch=4", "--set", "eval_tasks=4",
+            "--set", "eval_batch=4", "--set", "eval_max_steps=1", "--set", "log_every=2"]
+    code, out, err = run(LAUNCHERS[0].values[0], "train", "sinusoid", "--steps", "2", "--out", "run", *tiny,
+                         cwd=tmp_path, env={"JAX_NUM_CPU_DEVICES": "4", "JAX_PLATFORMS": "cpu"})
+    assert code == 0, err
+    assert out.splitlines()[0] == f"training on 4 cpu devices in 1 process, jax {jax.__version__}"
+    code, out, err = run(LAUNCHERS[0].values[0], "resume", "run", "--steps", "4", "--no-progress", cwd=tmp_path,
+                         env={"JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"})
+    assert code == 0, err
+    assert out.splitlines()[0] == f"training on 1 cpu device in 1 process, jax {jax.__version__}"
+    starts = json.loads((tmp_path / "run" / "run.json").read_text())["starts"]
+    assert [(s["start_step"], s["device_count"], s["process_count"]) for s in starts] == [(0, 4, 1), (2, 1, 1)]
+    assert starts[1]["command"][1:3] == ["resume", "run"]
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["step"] == 4 and result["ran_on"]["device_count"] == 1

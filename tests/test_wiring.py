@@ -14,7 +14,9 @@ from family_helpers import mlp_apply, mlp_init, mse, random_tasks
 
 from jmaml.algorithms import ALGORITHMS
 from jmaml.core.step import make_train_step, meta_gradient
-from jmaml.experiment import loop, train
+from jmaml.experiment import loop
+from jmaml.experiment import run as run_module
+from jmaml.experiment import train
 from jmaml.experiment.build import build, learner_from_config
 from jmaml.experiment.configs import Config, get_config
 from jmaml.experiment.workloads import chunking, image_workload, sinusoid_workload
@@ -99,7 +101,7 @@ def spy_trainer(monkeypatch) -> dict:
             seen.update(inspect.signature(loop.Trainer).bind(*args, **kwargs).arguments)
             raise _Stop
 
-    monkeypatch.setattr(train, "Trainer", Spy)
+    monkeypatch.setattr(run_module, "Trainer", Spy)
     return seen
 
 
@@ -118,7 +120,7 @@ def test_meta_chunks_reaches_the_train_step(monkeypatch, tmp_path):
 
     monkeypatch.setattr(loop, "make_train_step", spy_step)
     trainer = loop.Trainer(*(seen[k] for k in ("learner", "optimizer", "sample_tasks", "data")),
-                           chunk=seen["chunk"], meta_chunks=seen["meta_chunks"])
+                           steps_per_dispatch=seen["steps_per_dispatch"], meta_chunks=seen["meta_chunks"])
     with pytest.raises(_Stop):
         trainer.compiled(trainer.learner, 1, build(cfg, sinusoid_workload(cfg)).template())
     assert seen["chunks"] == 2
@@ -133,10 +135,11 @@ def test_meta_chunks_auto_is_one_task_per_device_on_the_cpu(monkeypatch, tmp_pat
     with pytest.raises(_Stop):
         train.train(cfg, str(tmp_path / "run"), progress=False)
     assert seen["meta_chunks"] == 4
-    monkeypatch.setattr(train, "meta_test", lambda *args, **kwargs: seen.update(eval_chunks=kwargs["chunks"]))
+    monkeypatch.setattr(run_module, "meta_test",
+                        lambda *args, **kwargs: seen.update(eval_chunks=kwargs["chunks"]) or {})
     workload = sinusoid_workload(cfg)
     setup = build(cfg, workload)
-    train.meta_test_of(cfg, workload, setup.learner, setup.template().meta_params)
+    run_module.meta_test_of(cfg, workload, setup.learner, setup.template().meta_params)
     assert seen["eval_chunks"] == 10
     mini = get_config("mini-5w1s")
     assert mini.meta_chunks == 0 and chunking(mini) == (4, 20)

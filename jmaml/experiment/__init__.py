@@ -1,7 +1,36 @@
 """The experiment application on top of the jmaml library.
 
-Named configs (the only reader of a config), workloads built from them, the host training
-loop, run folders, orbax checkpoints and the ``jmaml`` command. Nothing in the library
-(``jmaml.core``, ``jmaml.algorithms``, ``jmaml.models``, ``jmaml.data``, ``jmaml.evaluation``)
-imports this package.
+Named configs (the only reader of a config), workloads built from them, :func:`prepare` (one way to
+set up a run, for the ``jmaml`` command, the benchmarks and the notebooks), the host training loop
+and its hooks, run folders, orbax checkpoints and the ``jmaml`` command. Nothing in the library
+(``jmaml.core``, ``jmaml.algorithms``, ``jmaml.models``, ``jmaml.data``, ``jmaml.evaluation``,
+``jmaml.parallel``) imports this package.
+
+The public API (imported on first use, so that ``jmaml --help`` does not start JAX)::
+
+    from jmaml.experiment import get_config, prepare
+    with prepare(get_config("sinusoid", {"steps": 1000}), "runs/s") as run:
+        run.fit()
+        print(run.meta_test()["mean"])
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module of this package that defines it
+_PUBLIC = {
+    "prepare": "run", "Run": "run", "RunFailed": "run", "Stopped": "run",
+    "CONFIGS": "configs", "Config": "configs", "get_config": "configs", "parse_overrides": "configs",
+    "build": "build", "Setup": "build", "learner_from_config": "build",
+    "Workload": "workloads", "make_workload": "workloads",
+    "train": "train",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"jmaml.experiment.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'jmaml.experiment' has no attribute {name!r}")

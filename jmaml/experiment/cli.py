@@ -179,7 +179,7 @@ def _data(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jmaml`` console script; returns the exit status."""
-    from jmaml.experiment.train import RunFailed, Stopped
+    from jmaml.experiment.run import RunFailed, Stopped
 
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)

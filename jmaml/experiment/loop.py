@@ -1,12 +1,13 @@
-"""The one host loop of meta-training: compiled chunks of steps, hooks between them, a stop check.
+"""The one host loop of meta-training: compiled dispatches of steps, hooks between them, a stop check.
 
-``jmaml train`` and the benchmarks drive training through :func:`fit`. It runs the jitted
-train step in chunks of ``chunk`` steps per dispatch (``scan_steps``), aligned to multiples of
-``chunk`` so that a resumed run executes exactly the programs of an uninterrupted one, switches
-learners once for derivative-order annealing (``learner.at_step``), stops with
-:class:`Diverged` on a non-finite meta-loss, meta-parameter or optimizer state, and after every chunk calls the
-hooks, which log, checkpoint or evaluate. A :class:`Clock` measures training time; a hook
-that evaluates can pause it.
+``jmaml train`` and the benchmarks drive training through :meth:`Trainer.fit`. It runs the
+jitted train step ``steps_per_dispatch`` steps at a time (one ``scan_steps`` program per dispatch),
+aligned to multiples of ``steps_per_dispatch`` so that a resumed run executes exactly the programs
+of an uninterrupted one, switches learners once for derivative-order annealing
+(``learner.at_step``), stops with :class:`Diverged` on a non-finite meta-loss, meta-parameter or
+optimizer state, and after every dispatch calls the hooks, which log, checkpoint or evaluate
+(:mod:`jmaml.experiment.hooks`). A :class:`Clock` measures training time; a hook that evaluates
+can pause it.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class Diverged(Exception):
 
     Attributes:
       step: the first meta-step (1-based, as logged) whose meta-loss was not finite, or the
-        chunk's last step when only the parameters were.
-      metrics: the chunk's per-step metrics, for the log.
+        dispatch's last step when only the parameters were.
+      metrics: the dispatch's per-step metrics, for the log.
     """
 
     def __init__(self, step: int, metrics: dict[str, np.ndarray]):
@@ -64,7 +65,7 @@ class Diverged(Exception):
 
 
 class Hook(Protocol):
-    """Called after every chunk with the step reached, the state, the chunk's metrics (one row per
+    """Called after every dispatch with the step reached, the state, the dispatch's metrics (one row per
     step) and the training clock."""
 
     def __call__(self, step: int, state: TrainState, metrics: dict[str, np.ndarray], clock: Clock) -> None:
@@ -79,14 +80,14 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 
 class Trainer:
-    """Compiles and caches the chunk programs of one run.
+    """Compiles and caches the dispatch programs of one run.
 
     Args:
       learner: the meta-learner (``at_step`` picks the phase learner per step).
       optimizer: the meta-optimizer.
       sample_tasks: ``(key, data) -> Tasks``, sampled inside the step.
-      data: what ``sample_tasks`` draws from, an argument of every chunk (not baked in).
-      chunk: meta-steps per dispatch.
+      data: what ``sample_tasks`` draws from, an argument of every dispatch (not baked in).
+      steps_per_dispatch: meta-steps per compiled program call (``log_every`` in a config).
       meta_chunks: split of the meta-batch for gradient accumulation.
       mesh: the devices to train on (:func:`jmaml.parallel.make_mesh`): the state and ``data`` are
         replicated there (the caller places them with :func:`jmaml.parallel.replicate`) and the
@@ -94,25 +95,25 @@ class Trainer:
     """
 
     def __init__(self, learner: MetaLearner, optimizer: optax.GradientTransformation,
-                 sample_tasks: Callable[[jax.Array, PyTree], Tasks], data: PyTree, *, chunk: int,
+                 sample_tasks: Callable[[jax.Array, PyTree], Tasks], data: PyTree, *, steps_per_dispatch: int,
                  meta_chunks: int = 1, mesh: jax.sharding.Mesh | None = None):
         if mesh is not None:
             sample_tasks = parallel.shard_tasks(sample_tasks, mesh)
         self.learner, self.optimizer, self.sample_tasks, self.data = learner, optimizer, sample_tasks, data
         self.mesh = mesh
-        self.chunk, self.meta_chunks = chunk, meta_chunks
+        self.steps_per_dispatch, self.meta_chunks = steps_per_dispatch, meta_chunks
         self._compiled: dict[tuple[Any, int], Any] = {}
 
     def plan(self, done: int, steps: int) -> tuple[MetaLearner, int]:
-        """The phase learner and the length of the chunk that starts at step ``done``."""
-        n = min(self.chunk - done % self.chunk, steps - done)
+        """The phase learner and the length of the dispatch that starts at step ``done``."""
+        n = min(self.steps_per_dispatch - done % self.steps_per_dispatch, steps - done)
         first_order_steps = self.learner.first_order_steps
         if done < first_order_steps:
             n = min(n, first_order_steps - done)
         return self.learner.at_step(done), n
 
     def compiled(self, phase: MetaLearner, n: int, state: Any):
-        """The compiled ``n``-step chunk of ``phase`` for states shaped like ``state`` (abstract or
+        """The compiled ``n``-step program of ``phase`` for states shaped like ``state`` (abstract or
         concrete); compiled once, ahead of time, so its memory can be checked before it runs."""
         if (phase, n) not in self._compiled:
             step = make_train_step(phase, self.optimizer, self.sample_tasks, chunks=self.meta_chunks)
@@ -134,10 +135,10 @@ class Trainer:
 
     def fit(self, state: TrainState, steps: int, *, hooks: tuple[Hook, ...] = (),
             should_stop: Callable[[], bool] = lambda: False, clock: Clock | None = None) -> TrainState:
-        """Trains from ``state.step`` to ``steps`` (or until ``should_stop()`` after a chunk).
+        """Trains from ``state.step`` to ``steps`` (or until ``should_stop()`` after a dispatch).
 
         Raises:
-          Diverged: a chunk produced a non-finite meta-loss or meta-parameters; ``state`` was
+          Diverged: a dispatch produced a non-finite meta-loss or meta-parameters; ``state`` was
             donated, so the last good state is the last one a hook saved.
         """
         clock = clock or Clock()

@@ -1,6 +1,7 @@
 """The run folder: one run per folder, its files, and JSON that strict parsers accept.
 
-A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
+A run folder holds ``config.json``, ``run.json`` (where and with what each start of the run ran:
+:mod:`jmaml.experiment.provenance`), ``metrics.jsonl`` (one JSON object per logged step),
 TensorBoard events in ``tb/``, orbax checkpoints in ``checkpoints/``, ``data.json`` (what was
 loaded), ``eval.json`` (the meta-test at the end of training), ``curves.png`` (its plots) and
 ``eval-step<N>-<tasks>.json`` (each later ``jmaml eval``). A run holds an exclusive lock on ``.lock`` while it trains.
@@ -26,6 +27,7 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 CURVES = "curves.png"
 DATA = "data.json"
+RUN = "run.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
 LOCK = ".lock"
@@ -140,6 +142,21 @@ def load_config(path: str) -> Config:
         return Config.from_json(text)
     except json.JSONDecodeError as err:
         raise JmamlError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); fix or restore it") from None
+
+
+def append_run_record(path: str, entry: dict[str, Any]) -> None:
+    """Appends one start's provenance to the run folder's ``run.json`` (``{"starts": [...]}``): a
+    resumed run keeps the record of every earlier start."""
+    file = os.path.join(path, RUN)
+    starts = []
+    if os.path.isfile(file):
+        with open(file) as f:
+            try:
+                starts = json.load(f).get("starts", [])
+            except json.JSONDecodeError as err:
+                raise JmamlError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); "
+                                 "fix or remove it") from None
+    write_json(file, {"starts": [*starts, entry]})
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
