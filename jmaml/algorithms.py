@@ -26,11 +26,11 @@ from typing import Any, Callable, Mapping
 import optax
 
 from jmaml.core import inner, objectives
-from jmaml.core.inner import check_positive, inner_optimizer_from
+from jmaml.core.inner import inner_optimizer_from
 from jmaml.core.learner import ApplyFn, LossFn, MetaLearner, MetricFn
 from jmaml.core.masks import PathSpec, resolve
 from jmaml.core.types import Params, PyTree
-from jmaml.errors import JmamlError
+from jmaml.errors import JmamlError, check_positive
 
 # Scale and bias of jmaml's BatchStatNorm, named "norm<i>" (Conv4) or by flax's default name.
 NORM_LEAVES = r"(^|/)(norm\d*|BatchStatNorm_\d+)/(scale|bias)$"

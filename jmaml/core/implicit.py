@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jmaml.core.inner import check_positive
 from jmaml.core.types import Params, PyTree
+from jmaml.errors import check_positive
 
 
 def _dot(a: PyTree, b: PyTree) -> jax.Array:

@@ -29,7 +29,7 @@ import optax
 
 from jmaml.core.masks import PathSpec, leaf_names, resolve
 from jmaml.core.types import Params, PyTree
-from jmaml.errors import JmamlError
+from jmaml.errors import JmamlError, check_positive
 
 # The named inner optimisers a config can choose; each takes the inner learning rate.
 INNER_OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
@@ -37,14 +37,6 @@ INNER_OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     # Nichol et al. (2018), section 6: Adam with beta1 = 0 in the inner loop; its moments are per task.
     "adam": lambda lr: optax.adam(lr, b1=0.0),
 }
-
-
-def check_positive(name: str, value: float | int, *, integer: bool = False) -> None:
-    """Raises a JmamlError unless ``value`` is a positive number (or integer)."""
-    kind = "integer" if integer else "number"
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not value > 0:
-        raise JmamlError(f"{name} must be a positive {kind}, got {value!r}")
 
 
 def inner_optimizer_from(inner_optimizer: str | optax.GradientTransformation = "sgd",

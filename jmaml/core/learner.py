@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jmaml.core.inner import check_positive
 from jmaml.core.types import Params, PyTree, Tasks
-from jmaml.errors import JmamlError
+from jmaml.errors import JmamlError, check_positive
 
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jmaml.core.inner import check_positive
-from jmaml.errors import JmamlError
+from jmaml.errors import JmamlError, check_positive
 
 SCHEDULES = ("constant", "cosine")
 

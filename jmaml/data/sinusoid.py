@@ -7,8 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jmaml.core.inner import check_positive
 from jmaml.core.types import Tasks
+from jmaml.errors import check_positive
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)

@@ -102,7 +102,7 @@ _MINI = Config(dataset="mini_imagenet", ways=5, shots=1, queries=15, meta_batch=
                inner_steps=5, test_inner_steps=10, steps=60_000, eval_tasks=600, eval_max_steps=10,
                eval_batch=20, image_size=84, meta_chunks=0)
 
-# The MAML paper's settings (Finn et al. 2017, section 5 and its reference code); see DESIGN.md.
+# The MAML paper's settings (Finn et al. 2017, section 5 and its reference code; its numbers are in the README).
 CONFIGS: dict[str, Config] = {
     # K=10, one step of 0.01, meta-batch 25, Adam 1e-3, 70k steps.
     "sinusoid": Config(),
