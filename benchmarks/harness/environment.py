@@ -10,6 +10,8 @@ import subprocess
 
 import jax
 
+from jmaml.experiment import git_commit as checkout_commit
+
 # Dense float32 peak (no tensor cores / TF32) in FLOP/s, by a substring of the device kind.
 PEAK_FLOPS = {
     "H200": 67e12,
@@ -33,16 +35,18 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def git_commit() -> str:
-    """The checkout's commit (with ``+dirty`` when it has local changes), or ``unknown``."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The checkout's commit (:func:`jmaml.experiment.git_commit`) with ``+dirty`` when
+    tracked files have local changes, or ``unknown`` outside a checkout."""
+    commit = checkout_commit()
+    if commit is None:
         return "unknown"
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return commit
+    return commit + ("+dirty" if dirty else "")
 
 
 def describe() -> dict:

@@ -26,6 +26,7 @@ _PUBLIC = {
     "build": "build", "Setup": "build", "learner_from_config": "build",
     "Workload": "workloads", "make_workload": "workloads",
     "train": "train",
+    "git_commit": "provenance", "record": "provenance",
 }
 __all__ = sorted(_PUBLIC)
 

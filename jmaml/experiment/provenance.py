@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import os
 import platform
+import re
 import socket
-import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,22 +28,56 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_commit() -> str | None:
-    """The commit of the jmaml source checkout (``+dirty`` with local changes to tracked files), or
-    None when jmaml is not run from a git checkout (an installed wheel)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        if not os.path.isfile(os.path.join(top, "jmaml", "experiment", "provenance.py")):
-            return None  # some other repository that happens to contain an installed jmaml
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=top, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=top,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+def _git_dir(top: Path) -> Path | None:
+    """The git directory of a checkout: ``top/.git``, or where a worktree's ``.git`` file points."""
+    dot_git = top / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    if dot_git.is_file():
+        line = dot_git.read_text().strip()
+        if line.startswith("gitdir:"):
+            return (top / line[len("gitdir:"):].strip()).resolve()
+    return None
+
+
+def _resolve_ref(git_dir: Path, ref: str) -> str | None:
+    """The commit a ref names: its loose file, else its line in ``packed-refs`` (in the common
+    directory of a worktree)."""
+    common = git_dir / "commondir"
+    roots = [git_dir] + ([(git_dir / common.read_text().strip()).resolve()] if common.is_file() else [])
+    for root in roots:
+        loose = root / ref
+        if loose.is_file():
+            return loose.read_text().strip()
+        packed = root / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+    return None
+
+
+def checkout_commit(top: Path) -> str | None:
+    """The commit checked out in the git work tree at ``top`` (12 hex digits), or None when ``top``
+    is not one. Read from the git directory's files (``HEAD``, the ref it names, ``packed-refs``)
+    without running git: the library starts no processes."""
+    git_dir = _git_dir(top)
+    if git_dir is None:
         return None
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        commit = _resolve_ref(git_dir, head[len("ref:"):].strip()) if head.startswith("ref:") else head
+    except OSError:
+        return None
+    return commit[:12] if commit and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def git_commit() -> str | None:
+    """The commit of the jmaml source checkout, or None when jmaml does not run from a git checkout
+    (an installed wheel). Whether the work tree has local changes is not known here; the
+    benchmarks' record adds it."""
+    top = Path(__file__).resolve().parents[2]
+    return checkout_commit(top) if (top / "jmaml" / "experiment" / "provenance.py").is_file() else None
 
 
 def devices() -> dict[str, Any]:
