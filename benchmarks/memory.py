@@ -2,16 +2,18 @@
 
 Compiles (does not run) the meta-gradient of a named config's episode (the throughput benchmark's
 workloads, :mod:`benchmarks.harness.workloads`) at several inner-step counts and reports XLA's
-memory analysis of each program: temporary buffers plus arguments and outputs, less the bytes
-aliased between them (``compiled.memory_analysis()``), which is what the device must hold at the
-peak. Default: ``omniglot-20w1s`` (20-way 1-shot, 5 queries, 16 tasks), 5 and 20 inner steps.
+memory analysis of each program: temporary buffers plus arguments, outputs and generated code,
+less the bytes aliased between them (``compiled.memory_analysis()``, read by the same function that
+checks a run fits before it starts), which is what the device must hold at the peak. Default:
+``omniglot-20w1s`` (20-way 1-shot, 5 queries, 16 tasks), 5 and 20 inner steps.
 
 Columns: plain JAX (the harness's unrolled Python loop, XLA's convolution), jmaml's default
 (``conv=auto``: im2col on CPU, XLA's convolution elsewhere; the inner loop a ``lax.scan``), and
 jmaml with each option: both lowerings with the loop scanned or fully unrolled, ``remat``, and
-``remat`` with the meta-batch in chunks. Prints one Markdown table, steps by implementation.
+``remat`` with the meta-batch in chunks, each the named config with ``--set``-style overrides.
+Prints one Markdown table, steps by implementation.
 
-    python benchmarks/memory.py [--workload omniglot-20w1s] [--steps 5 20] [--chunks 4] [--only NAME ...]
+    python -m benchmarks.memory [--workload omniglot-20w1s] [--steps 5 20] [--chunks 4] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -21,23 +23,18 @@ import dataclasses
 import re
 import sys
 import time
-from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks.harness.environment import describe  # noqa: E402
-from benchmarks.harness.jax_impls import compiled_bytes, plain_meta_loss  # noqa: E402
-from benchmarks.harness.workloads import WORKLOADS, init_params, select  # noqa: E402
-from jmaml import algorithms, losses  # noqa: E402
-from jmaml.core.step import meta_gradient  # noqa: E402
-from jmaml.core.types import Tasks  # noqa: E402
-from jmaml.models import Conv4, functional  # noqa: E402
-from jmaml.models.conv import resolve_impl  # noqa: E402
+from benchmarks.harness.environment import describe
+from benchmarks.harness.jax_impls import plain_meta_loss
+from benchmarks.harness.workloads import BENCH_WORKLOADS, init_params, select
+from jmaml import losses
+from jmaml.core.step import meta_gradient
+from jmaml.core.types import Tasks
+from jmaml.experiment import image_model, learner_from_config, program_bytes
+from jmaml.models.conv import resolve_impl
 
 
 def abstract_tasks(w) -> Tasks:
@@ -46,30 +43,30 @@ def abstract_tasks(w) -> Tasks:
     return Tasks(shape(w.shots), label(w.shots), shape(w.queries), label(w.queries))
 
 
-def program_bytes(fn, *args) -> tuple[int, float]:
-    """Compiled memory of ``jax.jit(fn)`` (temp + arguments + outputs - aliased) and its compile seconds."""
+def compile_program(fn, *args) -> tuple[int | None, float]:
+    """Compiled memory of ``jax.jit(fn)`` (:func:`jmaml.experiment.program_bytes`) and its compile seconds."""
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     seconds = time.perf_counter() - start
-    return compiled_bytes(compiled), seconds
+    return program_bytes(compiled), seconds
 
 
-def variants(chunks: int) -> dict[str, tuple[str, dict, int]]:
-    """Column name -> (Conv4 ``conv``, MetaLearner fields, chunks) of each jmaml program measured."""
+def variants(chunks: int) -> dict[str, dict]:
+    """Column name -> the config overrides of each jmaml program measured."""
     return {
-        "jmaml default": ("auto", {}, 1),
-        "conv=xla": ("xla", {}, 1),
-        "conv=im2col, unroll=full": ("im2col", {"unroll": True}, 1),
-        "conv=xla, unroll=full": ("xla", {"unroll": True}, 1),
-        "remat": ("auto", {"remat": True}, 1),
-        f"remat + {chunks} chunks": ("auto", {"remat": True}, chunks),
+        "jmaml default": {},
+        "conv=xla": {"conv": "xla"},
+        "conv=im2col, unroll=full": {"conv": "im2col", "unroll": 0},
+        "conv=xla, unroll=full": {"conv": "xla", "unroll": 0},
+        "remat": {"remat": True},
+        f"remat + {chunks} chunks": {"remat": True, "meta_chunks": chunks},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default="omniglot-20w1s", choices=list(WORKLOADS), metavar="CONFIG",
-                        help=f"one of {', '.join(WORKLOADS)}")
+    parser.add_argument("--workload", default="omniglot-20w1s", choices=list(BENCH_WORKLOADS), metavar="CONFIG",
+                        help=f"one of {', '.join(BENCH_WORKLOADS)}")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="the workload's tiny version (seconds)")
@@ -87,24 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         columns = [c for c in columns if c in args.only]
     cells: dict[tuple[int, str], tuple[int, float]] = {}
     for steps in args.steps:
-        w = dataclasses.replace(base, inner_steps=steps)
+        w = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, inner_steps=steps))
         tasks = abstract_tasks(w)
         for name in columns:
             if name == "plain JAX":
-                cells[steps, name] = program_bytes(jax.value_and_grad(plain_meta_loss(w)), params, tasks)
+                cells[steps, name] = compile_program(jax.value_and_grad(plain_meta_loss(w)), params, tasks)
             else:
-                conv, fields, chunks = variants(args.chunks)[name]
-                _, apply = functional(Conv4(w.ways, variant=w.variant, filters=w.filters, conv=conv))
-                learner = dataclasses.replace(
-                    algorithms.maml(apply, losses.cross_entropy, inner_lr=w.inner_lr, inner_steps=steps), **fields)
-                fn = lambda mp, t, lrn=learner, c=chunks: meta_gradient(lrn, mp, t, chunks=c)  # noqa: E731
-                cells[steps, name] = program_bytes(fn, learner.init(params), tasks)
+                cfg = w.with_options(variants(args.chunks)[name])
+                learner = learner_from_config(cfg, image_model(cfg, w.variant)[1], losses.cross_entropy)
+                fn = lambda mp, t, lrn=learner, c=max(cfg.meta_chunks, 1): meta_gradient(  # noqa: E731
+                    lrn, mp, t, chunks=c)
+                cells[steps, name] = compile_program(fn, learner.init(params), tasks)
             print(f"{steps} steps, {name}: {cells[steps, name][0] / 2**20:.1f} MiB, "
                   f"compiled in {cells[steps, name][1]:.1f} s", file=sys.stderr, flush=True)
 
     env = describe()
     print(f"{re.sub(r'[0-9]+ steps?', 'K inner steps', base.title)}: XLA memory analysis of one meta-gradient "
-          f"(temp + arguments + outputs - aliased, MiB; in brackets: relative to plain JAX), compiled for "
+          f"(temp + arguments + outputs + code - aliased, MiB; in brackets: relative to plain JAX), compiled for "
           f"{env['jax_device']}, jax {env['jax']}, commit {env['commit']}, {env['date']}. `conv=auto` is "
           f"`{resolve_impl('auto')}` on this backend; plain JAX uses XLA's convolution.\n")
     print("| inner steps | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))

@@ -50,16 +50,13 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks.harness.workloads import quick_overrides  # noqa: E402
 from jmaml.errors import JmamlError  # noqa: E402
 from jmaml.experiment.configs import CONFIGS, Config, get_config, parse_overrides  # noqa: E402
 from jmaml.experiment.workloads import chunking  # noqa: E402
 
 MODES = ("weak", "strong")
 SYNTHETIC_DRAWINGS = 20  # drawings per class of the synthetic pool (>= shots + queries of every named config)
-# --quick: tiny shapes, a few seconds per device count
-QUICK = {"sinusoid": {"hidden": (16, 16), "meta_batch": 4},
-         "omniglot": {"filters": 4, "image_size": 8, "queries": 2, "meta_batch": 4},
-         "mini_imagenet": {"filters": 4, "queries": 2, "meta_batch": 4}}
 # bytes of one element of an HLO shape's element type
 HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
              "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
@@ -100,7 +97,7 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
 
 def base_config(name: str, sets: list[str], quick: bool) -> Config:
     """The named config with the quick shapes (``--quick``) and then the ``--set`` overrides."""
-    overrides = dict(QUICK[CONFIGS[name].dataset]) if quick else {}
+    overrides = quick_overrides(CONFIGS[name]) if quick else {}
     overrides.update(parse_overrides(sets))
     return get_config(name, overrides)
 

@@ -4,7 +4,7 @@ Trains each algorithm with ``jmaml train sinusoid`` settings (70k meta-steps unl
 meta-tests on 1000 held-out tasks (100 query points each), and prints a Markdown table with the
 MSE after one inner step, against the Meta-SGD paper's table (Li et al. 2017).
 
-    python benchmarks/sinusoid.py [--steps N] [--shots 10] [--json out.json]
+    python -m benchmarks.sinusoid [--steps N] [--shots 10] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.harness.environment import describe  # noqa: E402
-from jmaml.experiment.configs import get_config  # noqa: E402
-from jmaml.experiment.train import train  # noqa: E402
+from benchmarks.harness.environment import describe
+from jmaml.experiment import get_config, train
 
 PAPER = {  # Li et al. 2017, Table 1: MSE after one step, 40-40 MLP
     ("maml", 5): "1.13 +- 0.18", ("maml", 10): "0.85 +- 0.14", ("maml", 20): "0.71 +- 0.12",

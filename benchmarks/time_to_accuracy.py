@@ -7,7 +7,7 @@ evaluations; the one-off compilation of the training program happens in ``prepar
 clock starts, and is reported on its own. The default is Omniglot 5-way 1-shot with the paper's settings,
 evaluated on 600 test tasks (95% interval) at 15, 30 and 60 s.
 
-    python benchmarks/time_to_accuracy.py [--config omniglot-5w1s] [--at 15 30 60] [--eval-tasks 600] \\
+    python -m benchmarks.time_to_accuracy [--config omniglot-5w1s] [--at 15 30 60] [--eval-tasks 600] \\
         [--data-dir D] [--set k=v ...] [--json PATH]
 """
 
@@ -17,14 +17,9 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.harness.environment import describe  # noqa: E402
-from jmaml.experiment import get_config, parse_overrides, prepare  # noqa: E402
+from benchmarks.harness.environment import describe
+from jmaml.experiment import get_config, parse_overrides, prepare
 
 
 def run(config: str, marks: list[float], eval_tasks: int, overrides: dict) -> dict:

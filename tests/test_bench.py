@@ -24,7 +24,7 @@ import pytest
 from benchmarks.harness import runner, torch_impls
 from benchmarks.harness.measure import gradient_error, measure
 from benchmarks.harness.torch_impls import TorchLoopBench, _same_padding
-from benchmarks.harness.workloads import BENCHMARKED, WORKLOADS, from_config, make_batches, select
+from benchmarks.harness.workloads import BENCH_WORKLOADS, BENCHMARKED, from_config, make_batches, select
 from jmaml.data.mini_imagenet import IMAGE_SHAPE
 from jmaml.experiment.configs import CONFIGS
 from jmaml.models import Conv4, functional
@@ -72,7 +72,7 @@ def test_quick_reports(quick_run):
         assert record["compile_s"] > 0 and record["flops"] > 0
         assert record["peak_fraction"] is None  # no known peak on CPU
     assert by_impl["jmaml"]["options"] == {"conv": CONFIGS["omniglot-5w1s"].conv}
-    assert "| Omniglot 3-way 1-shot, 2 queries, 1 step, 2 tasks" in table and env["commit"] in table
+    assert "| Omniglot 3-way 1-shot, 2 queries, 1 step, 4 tasks" in table and env["commit"] in table
 
 
 # float32, whole-gradient relative L2 error: measured 2e-6 (plain JAX) and 1e-5 (PyTorch loop)
@@ -104,7 +104,8 @@ def first_step(name: str, workload, factory=None):
     """The first meta-loss and meta-gradient of implementation ``name``, in float64."""
     with jax.enable_x64(True):
         record, grads = measure(name, factory or runner.IMPLS[name], workload, steps=1, warmup=1, batches=1,
-                                options={"threads": 1}, peak_flops=None, dtype=np.float64)
+                                options={"threads": 1} if name.startswith("torch") else {}, peak_flops=None,
+                                dtype=np.float64)
     assert record["status"] == "ok", record.get("reason")
     return record["first_loss"], grads
 
@@ -126,24 +127,24 @@ SAME_MATH = ["omniglot-20w1s", "mini-5w5s"]
 @pytest.fixture(scope="module")
 def jmaml_float64():
     """jmaml's first float64 meta-step on each same-math workload (the reference)."""
-    return {name: first_step("jmaml", WORKLOADS[name].quick()) for name in SAME_MATH}
+    return {name: first_step("jmaml", BENCH_WORKLOADS[name].quick()) for name in SAME_MATH}
 
 
 @pytest.mark.parametrize("workload", SAME_MATH)
 def test_float64_plain_jax_same_math(workload, jmaml_float64):
-    assert_same_math(*first_step("plain_jax", WORKLOADS[workload].quick()), *jmaml_float64[workload])
+    assert_same_math(*first_step("plain_jax", BENCH_WORKLOADS[workload].quick()), *jmaml_float64[workload])
 
 
 @pytest.mark.parametrize("impl", TORCH_IMPLS)
 @pytest.mark.parametrize("workload", SAME_MATH)
 def test_float64_torch_same_math(torch_ok, workload, impl, jmaml_float64):
-    assert_same_math(*first_step(impl, WORKLOADS[workload].quick()), *jmaml_float64[workload])
+    assert_same_math(*first_step(impl, BENCH_WORKLOADS[workload].quick()), *jmaml_float64[workload])
 
 
 def test_same_math_check_catches_symmetric_padding(torch_ok, monkeypatch, jmaml_float64):
     """The check fails for a PyTorch Conv4 with ``padding=1`` (one pixel each side) where XLA's SAME
     pads stride-2 convolutions of even inputs on the high side only."""
-    workload = WORKLOADS["omniglot-20w1s"].quick()
+    workload = BENCH_WORKLOADS["omniglot-20w1s"].quick()
     assert _same_padding(workload.image[0], 2) == (0, 1)  # this workload does exercise the difference
     monkeypatch.setattr(torch_impls, "_same_padding", lambda size, stride, kernel=3: (1, 1))
     loss, grads = first_step("torch_loop", workload)
@@ -155,7 +156,7 @@ def test_same_math_check_catches_symmetric_padding(torch_ok, monkeypatch, jmaml_
 
 def test_torch_missing_is_skipped(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
-    workload = WORKLOADS["omniglot-5w1s"].quick()
+    workload = BENCH_WORKLOADS["omniglot-5w1s"].quick()
     record, grads = measure("torch_loop", TorchLoopBench, workload, steps=1, warmup=1, batches=1,
                             options={}, peak_flops=None)
     assert record["status"] == "skipped" and "not installed" in record["reason"] and grads is None
@@ -171,8 +172,8 @@ def test_same_padding_matches_xla():
 def test_workloads_are_the_named_configs():
     """Each benchmark workload is its config's meta-training episode, field by field, and its model
     has the parameters of the Conv4 that ``jmaml train CONFIG`` builds."""
-    assert tuple(WORKLOADS) == BENCHMARKED == ("omniglot-5w1s", "omniglot-20w1s", "mini-5w1s", "mini-5w5s")
-    for name, w in WORKLOADS.items():
+    assert tuple(BENCH_WORKLOADS) == BENCHMARKED == ("omniglot-5w1s", "omniglot-20w1s", "mini-5w1s", "mini-5w5s")
+    for name, w in BENCH_WORKLOADS.items():
         cfg = CONFIGS[name]
         assert w.name == cfg.name == name
         for key in ("ways", "shots", "queries", "inner_steps", "inner_lr", "meta_batch", "meta_lr", "conv"):
@@ -185,8 +186,8 @@ def test_workloads_are_the_named_configs():
         init, _ = functional(Conv4(w.ways, variant=w.variant, filters=w.filters))  # as init_params builds it
         chex.assert_trees_all_equal_shapes(jax.eval_shape(init, jax.random.PRNGKey(0), image), expected)
     # the two drifts of the old hand-written table
-    assert WORKLOADS["omniglot-20w1s"].queries == 5 and WORKLOADS["mini-5w5s"].meta_batch == 2
-    assert WORKLOADS["omniglot-5w1s"].filters == 64 and WORKLOADS["mini-5w1s"].filters == 32
+    assert BENCH_WORKLOADS["omniglot-20w1s"].queries == 5 and BENCH_WORKLOADS["mini-5w5s"].meta_batch == 2
+    assert BENCH_WORKLOADS["omniglot-5w1s"].filters == 64 and BENCH_WORKLOADS["mini-5w1s"].filters == 32
 
 
 def test_from_config_rejects_other_programs():
@@ -197,7 +198,7 @@ def test_from_config_rejects_other_programs():
 
 
 def test_quick_workloads_and_inputs():
-    assert [w.name for w in select(None, quick=False)] == list(WORKLOADS)
+    assert [w.name for w in select(None, quick=False)] == list(BENCH_WORKLOADS)
     w = select(["mini-5w5s"], quick=True)[0]
     assert w.name == "mini-5w5s-quick" and w.shots == 5 and w.variant == "mini_imagenet"
     tasks = make_batches(w, 2)[1]
@@ -220,21 +221,22 @@ def test_gradient_error_values():
         gradient_error({"head": ref["head"]}, ref)
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script finds the checkout itself
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+def run_script(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.MODULE ARGS`` from the repository root, as the README runs them."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the root is on the path with -m
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("script", ["throughput.py", "memory.py", "time_to_accuracy.py", "sinusoid.py"])
+@pytest.mark.parametrize("script", ["throughput", "memory", "time_to_accuracy", "sinusoid"])
 def test_scripts_run_from_the_repository_root(script):
-    done = run_script(f"benchmarks/{script}", "--help")
+    done = run_script(script, "--help")
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
 
 
 def test_throughput_steps_zero_is_one_error_line():
-    done = run_script("benchmarks/throughput.py", "--quick", "--steps", "0")
+    done = run_script("throughput", "--quick", "--steps", "0")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["throughput.py: error: --steps must be at least 1, got 0"]
 

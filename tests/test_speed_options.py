@@ -69,6 +69,7 @@ def test_unroll_reaches_the_learner():
     cfg, learner, _, _ = setup(unroll=2)
     assert cfg.unroll == 2 and learner.unroll == 2
     assert setup()[1].unroll == 1
+    assert setup(unroll=0)[1].unroll is True  # 0: the whole inner loop
 
 
 def test_bf16_matches_float32_meta_gradient(default):
@@ -124,6 +125,6 @@ def test_precision_is_refused_for_sinusoid_and_bad_values():
         get_config("sinusoid", {"precision": "bf16"})
     with pytest.raises(JmamlError, match="precision must be one of float32, bf16"):
         get_config("omniglot-5w1s", {"precision": "fp16"})
-    with pytest.raises(JmamlError, match="unroll must be a positive integer"):
-        get_config("omniglot-5w1s", {"unroll": 0})
+    with pytest.raises(JmamlError, match="unroll must be a non-negative integer"):
+        get_config("omniglot-5w1s", {"unroll": -1})
     assert dataclasses.replace(get_config("omniglot-5w1s")).precision == "float32"

@@ -13,10 +13,10 @@ import optax
 
 from benchmarks.harness.base import Grads
 from benchmarks.harness.workloads import BenchWorkload
-from jmaml import algorithms, losses
+from jmaml import losses
 from jmaml.core.step import init_state, make_train_step
 from jmaml.core.types import Tasks
-from jmaml.models import Conv4, functional
+from jmaml.experiment import image_model, learner_from_config, program_bytes
 
 
 def _device() -> str:
@@ -31,16 +31,6 @@ def _flops(compiled: Any) -> float | None:
         analysis = analysis[0] if analysis else None
     flops = (analysis or {}).get("flops")
     return float(flops) if flops is not None and flops > 0 else None
-
-
-def compiled_bytes(compiled: Any) -> int | None:
-    """Memory a compiled program needs: temporaries + arguments + outputs - aliased (None: not reported)."""
-    try:
-        stats = compiled.memory_analysis()
-        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
-                   - stats.alias_size_in_bytes)
-    except Exception:  # noqa: BLE001  not every backend reports it
-        return None
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -58,7 +48,7 @@ class _JaxBench:
         self.compiled = jitted.lower(carry, self.batches[0]).compile()
         self.compile_s = time.perf_counter() - start
         self.flops = _flops(self.compiled)
-        self.program_bytes = compiled_bytes(self.compiled)
+        self.program_bytes = program_bytes(self.compiled)
         self.carry = carry
 
     def step(self, index: int) -> float:
@@ -82,21 +72,19 @@ def _last_gradient() -> optax.GradientTransformation:
 
 
 class JmamlBench(_JaxBench):
-    """jmaml's own train step: ``maml`` learner, ``make_train_step``, jitted with the state donated.
-
-    ``options``: the config keys ``conv``, ``precision`` and ``unroll`` (default: the config's).
+    """jmaml's own train step, as ``jmaml train`` builds it from the workload's config with
+    ``options`` (config keys such as ``conv``, ``precision``, ``unroll``) set on top: the config's
+    learner and ``make_train_step``, jitted with the state donated.
 
     Only the meta-loss (and, for the equivalence test, the meta-gradient) leaves the program,
     as in a training loop that logs the loss.
     """
 
     def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
-        model = Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
-                      conv=options.get("conv") or workload.conv, precision=options.get("precision", "float32"))
-        _, apply = functional(model)
-        learner = algorithms.maml(apply, losses.cross_entropy, inner_lr=workload.inner_lr,
-                                  inner_steps=workload.inner_steps, unroll=options.get("unroll", 1))
-        optimizer = optax.chain(_last_gradient(), optax.adam(workload.meta_lr))
+        cfg = workload.with_options(options)
+        _, apply = image_model(cfg, workload.variant)
+        learner = learner_from_config(cfg, apply, losses.cross_entropy)
+        optimizer = optax.chain(_last_gradient(), optax.adam(cfg.meta_lr))
         state = init_state(learner, optimizer, jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(0))
         train_step = make_train_step(learner, optimizer)
 

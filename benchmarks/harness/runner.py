@@ -9,7 +9,7 @@ from benchmarks.harness import environment, report
 from benchmarks.harness.jax_impls import JmamlBench, PlainJaxBench
 from benchmarks.harness.measure import gradient_error, measure
 from benchmarks.harness.torch_impls import TorchFuncBench, TorchLoopBench
-from benchmarks.harness.workloads import WORKLOADS, select
+from benchmarks.harness.workloads import BENCH_WORKLOADS, select
 
 IMPLS = {"jmaml": JmamlBench, "plain_jax": PlainJaxBench, "torch_loop": TorchLoopBench,
          "torch_func": TorchFuncBench}
@@ -23,8 +23,8 @@ def parser(prog: str = "throughput.py") -> argparse.ArgumentParser:
     """The benchmark's options."""
     p = argparse.ArgumentParser(prog=prog, description="Meta-step throughput of jmaml, plain JAX and "
                                 "the PyTorch peers on the episodes of the named configs.")
-    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), metavar="CONFIG",
-                   help=f"configs whose meta-training step is timed (default: all of {', '.join(WORKLOADS)})")
+    p.add_argument("--workloads", nargs="+", choices=list(BENCH_WORKLOADS), metavar="CONFIG",
+                   help=f"configs whose meta-training step is timed (default: all of {', '.join(BENCH_WORKLOADS)})")
     p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="default: all")
     p.add_argument("--steps", type=int, default=None, help="timed meta-steps (default 30, quick 5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up meta-steps (default 3, quick 2)")

@@ -17,11 +17,24 @@ import numpy as np
 
 from jmaml.core.types import Tasks
 from jmaml.data.mini_imagenet import IMAGE_SHAPE as MINI_IMAGENET_SHAPE
-from jmaml.experiment.configs import CONFIGS, Config
-from jmaml.models import Conv4, functional
+from jmaml.experiment import CONFIGS, Config, image_model, validate
 
 # The configs the throughput benchmark times (second-order MAML on Conv4, the paper's four settings).
 BENCHMARKED = ("omniglot-5w1s", "omniglot-20w1s", "mini-5w1s", "mini-5w5s")
+
+
+def quick_overrides(cfg: Config) -> dict[str, Any]:
+    """The one quick-size shrink of every benchmark (``--quick``): config overrides that keep the
+    structure of ``cfg`` (dataset, model variant, algorithm; at most 3 ways and 2 inner steps) at
+    tiny shapes, for a functional check in seconds."""
+    shapes = {"sinusoid": {"hidden": (16, 16)}, "omniglot": {"filters": 4, "image_size": 8},
+              "mini_imagenet": {"filters": 4}}[cfg.dataset]
+    return {**shapes, "ways": min(cfg.ways, 3), "queries": 2, "inner_steps": min(cfg.inner_steps, 2),
+            "meta_batch": 4, "name": f"{cfg.name}-quick"}
+
+
+# miniImageNet's quick input side: its images have no config key for their size (always 84x84)
+QUICK_MINI_IMAGENET_SIDE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,32 +42,24 @@ class BenchWorkload:
     """One meta-training episode batch and Conv4, as a named config sets them up.
 
     Attributes:
-      name: the config's name (``omniglot-5w1s``), ``-quick`` appended for the tiny version.
+      cfg: the config (with any overrides) every jmaml learner of the benchmark is built from.
       variant: Conv4 variant, ``"omniglot"`` or ``"mini_imagenet"``.
-      filters: Conv4 filters per layer.
+      filters: Conv4 filters per layer (the config's, with 0 resolved to the variant's default).
       image: ``(height, width, channels)`` of one input.
-      ways: classes per task.
-      shots: support examples per class.
-      queries: query examples per class.
-      inner_steps: inner SGD steps.
-      inner_lr: inner SGD learning rate.
-      meta_batch: tasks per meta-step.
-      meta_lr: Adam learning rate of the meta-update.
-      conv: jmaml's convolution lowering (``auto``, ``xla`` or ``im2col``).
+
+    ``name``, ``ways``, ``shots``, ``queries``, ``inner_steps``, ``inner_lr``, ``meta_batch``,
+    ``meta_lr`` and ``conv`` are the config's.
     """
 
-    name: str
+    cfg: Config
     variant: str
     filters: int
     image: tuple[int, int, int]
-    ways: int
-    shots: int
-    queries: int
-    inner_steps: int
-    inner_lr: float
-    meta_batch: int
-    meta_lr: float = 1e-3
-    conv: str = "auto"
+
+    def __getattr__(self, key: str) -> Any:
+        if key in ("name", "ways", "shots", "queries", "inner_steps", "inner_lr", "meta_batch", "meta_lr", "conv"):
+            return getattr(self.cfg, key)
+        raise AttributeError(key)
 
     @property
     def title(self) -> str:
@@ -68,16 +73,22 @@ class BenchWorkload:
         return title
 
     def quick(self) -> "BenchWorkload":
-        """A tiny version with the same structure (variant, ways, inner steps) for CI."""
-        side = 8 if self.variant == "omniglot" else 16
-        return dataclasses.replace(
-            self, name=f"{self.name}-quick", filters=4,
-            image=(side, side, self.image[2]), ways=min(self.ways, 3), queries=2,
-            inner_steps=min(self.inner_steps, 2), meta_batch=2)
+        """The tiny version (:func:`quick_overrides`) for CI."""
+        cfg = dataclasses.replace(self.cfg, **quick_overrides(self.cfg))
+        side = QUICK_MINI_IMAGENET_SIDE
+        return from_config(cfg, image=(side, side, 3) if self.variant == "mini_imagenet" else None)
+
+    def with_options(self, options: dict[str, Any]) -> Config:
+        """The config with ``options`` (config keys, as ``--set`` takes them) applied and checked."""
+        return validate(dataclasses.replace(self.cfg, **options))
 
 
-def from_config(cfg: Config) -> BenchWorkload:
+def from_config(cfg: Config, image: tuple[int, int, int] | None = None) -> BenchWorkload:
     """The meta-training episode of ``cfg``: what one step of ``jmaml train`` computes on it.
+
+    Args:
+      cfg: a config of second-order MAML on Omniglot or miniImageNet.
+      image: the input shape, if not the data set's (``--quick``'s small miniImageNet images).
 
     Raises:
       ValueError: ``cfg`` is not second-order MAML on image data with a constant Adam rate and
@@ -93,25 +104,24 @@ def from_config(cfg: Config) -> BenchWorkload:
         differs["dataset"] = cfg.dataset
     if differs:
         raise ValueError(f"config {cfg.name!r} cannot be benchmarked as plain MAML on Conv4: {differs}")
-    image = (cfg.image_size, cfg.image_size, 1) if cfg.dataset == "omniglot" else MINI_IMAGENET_SHAPE
+    if image is None:
+        image = (cfg.image_size, cfg.image_size, 1) if cfg.dataset == "omniglot" else MINI_IMAGENET_SHAPE
     # the filter count the config's model really has (0 in the config means the variant's default)
-    init, _ = functional(Conv4(cfg.ways, variant=cfg.dataset, filters=cfg.filters or None))
+    init, _ = image_model(cfg, cfg.dataset)
     shapes = jax.eval_shape(init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *image), jnp.float32))
-    return BenchWorkload(cfg.name, cfg.dataset, shapes["conv0"]["kernel"].shape[-1], image, ways=cfg.ways,
-                         shots=cfg.shots, queries=cfg.queries, inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                         meta_batch=cfg.meta_batch, meta_lr=cfg.meta_lr, conv=cfg.conv)
+    return BenchWorkload(cfg, cfg.dataset, shapes["conv0"]["kernel"].shape[-1], image)
 
 
-WORKLOADS: dict[str, BenchWorkload] = {name: from_config(CONFIGS[name]) for name in BENCHMARKED}
+BENCH_WORKLOADS: dict[str, BenchWorkload] = {name: from_config(CONFIGS[name]) for name in BENCHMARKED}
 
 
 def select(names: list[str] | None, quick: bool) -> list[BenchWorkload]:
     """The workloads called ``names`` (all by default), shrunk to tiny shapes if ``quick``."""
-    names = names or list(WORKLOADS)
-    unknown = [n for n in names if n not in WORKLOADS]
+    names = names or list(BENCH_WORKLOADS)
+    unknown = [n for n in names if n not in BENCH_WORKLOADS]
     if unknown:
-        raise ValueError(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-    return [WORKLOADS[n].quick() if quick else WORKLOADS[n] for n in names]
+        raise ValueError(f"unknown workload(s) {unknown}; choose from {list(BENCH_WORKLOADS)}")
+    return [BENCH_WORKLOADS[n].quick() if quick else BENCH_WORKLOADS[n] for n in names]
 
 
 def make_batches(workload: BenchWorkload, count: int, seed: int = 0, dtype: Any = np.float32) -> list[Tasks]:
@@ -133,7 +143,6 @@ def make_batches(workload: BenchWorkload, count: int, seed: int = 0, dtype: Any 
 
 def init_params(workload: BenchWorkload, seed: int = 0, dtype: Any = np.float32) -> dict[str, Any]:
     """Initial Conv4 parameters (jmaml's layout, numpy ``dtype``), shared by every implementation."""
-    init, _ = functional(Conv4(workload.ways, variant=workload.variant, filters=workload.filters,
-                               conv="xla"))
+    init, _ = image_model(dataclasses.replace(workload.cfg, conv="xla"), workload.variant)
     params = init(jax.random.PRNGKey(seed), jnp.zeros((1, *workload.image), jnp.float32))
     return jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)

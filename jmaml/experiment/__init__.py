@@ -23,8 +23,11 @@ from typing import Any
 _PUBLIC = {
     "prepare": "run", "Run": "run", "RunFailed": "run", "Stopped": "run",
     "CONFIGS": "configs", "Config": "configs", "get_config": "configs", "parse_overrides": "configs",
+    "validate": "configs",
     "build": "build", "Setup": "build", "learner_from_config": "build",
-    "Workload": "workloads", "make_workload": "workloads",
+    "Workload": "workloads", "make_workload": "workloads", "image_workload": "workloads",
+    "image_model": "workloads", "chunking": "workloads",
+    "program_bytes": "memory",
     "train": "train",
     "git_commit": "provenance", "record": "provenance",
 }

@@ -20,6 +20,8 @@ def learner_from_config(cfg: Config, apply_fn: ApplyFn, loss_fn: LossFn,
     """The meta-learner ``cfg.algorithm`` names, its options read from the config keys of the same
     names (``configs.algorithm_keys``: the factory's signature is the one list of them)."""
     options = {key: getattr(cfg, key) for key in algorithm_keys(cfg.algorithm)}
+    if options.get("unroll") == 0:  # the config's "whole loop" is lax.scan's unroll=True
+        options["unroll"] = True
     learner = algorithms.ALGORITHMS[cfg.algorithm](apply_fn, loss_fn, metrics=metrics, **options)
     return dataclasses.replace(learner, remat=True) if cfg.remat else learner
 

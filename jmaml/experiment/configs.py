@@ -50,7 +50,7 @@ class Config:
     test_inner_steps: int = 1
     first_order: bool = False
     remat: bool = False
-    unroll: int = 1
+    unroll: int = 1  # inner steps per scan iteration; 0: the whole inner loop unrolled
     # outer loop
     meta_lr: float = 1e-3
     lr_schedule: str = "constant"
@@ -209,7 +209,7 @@ def validate(cfg: Config) -> Config:
     _require(cfg.algorithm in ALGORITHMS,
              f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
     for key in ("ways", "shots", "queries", "meta_batch", "inner_steps", "test_inner_steps", "steps",
-                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size", "unroll"):
+                "eval_tasks", "eval_queries", "eval_batch", "log_every", "cg_steps", "image_size"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{key} must be a positive integer, got {value!r}")
@@ -221,7 +221,7 @@ def validate(cfg: Config) -> Config:
              f"checkpoint_minutes must be a non-negative number (0: no time-based checkpoints), "
              f"got {cfg.checkpoint_minutes!r}")
     for key in ("filters", "data_seed", "checkpoint_every", "msl_anneal_steps",
-                "first_order_steps", "inner_batch", "eval_max_steps", "meta_chunks"):
+                "first_order_steps", "inner_batch", "eval_max_steps", "meta_chunks", "unroll"):
         value = getattr(cfg, key)
         _require(isinstance(value, int) and value >= 0, f"{key} must be a non-negative integer, got {value!r}")
     _require(cfg.eval_max_steps >= cfg.test_inner_steps,

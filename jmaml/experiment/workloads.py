@@ -111,6 +111,12 @@ def sinusoid_workload(cfg: Config) -> Workload:
     )
 
 
+def image_model(cfg: Config, variant: str) -> tuple[Callable, ApplyFn]:
+    """``(init, apply)`` of the Conv4 of ``cfg`` (ways, filters, conv, precision) for ``variant``."""
+    return functional(Conv4(cfg.ways, variant=variant, filters=cfg.filters or None, conv=cfg.conv,
+                            precision=cfg.precision))
+
+
 def image_workload(cfg: Config, train_images, test_images, variant: str,
                    data_summary: tuple[dict, ...] = ()) -> Workload:
     """N-way K-shot classification with Conv4 over image arrays ``[classes, drawings, H, W, C]``.
@@ -124,8 +130,7 @@ def image_workload(cfg: Config, train_images, test_images, variant: str,
                                         (test_images, eval_batch(cfg), cfg.queries)):
         episodes.validate_episode(images.shape[0], images.shape[1], images.shape[2:], ways=cfg.ways,
                                   shots=cfg.shots, queries=queries, meta_batch=meta_batch)
-    init, apply = functional(Conv4(cfg.ways, variant=variant, filters=cfg.filters or None, conv=cfg.conv,
-                                   precision=cfg.precision))
+    init, apply = image_model(cfg, variant)
 
     def sampler(meta_batch):
         def sample(key, images):
