@@ -1,24 +1,12 @@
 """jmaml: MAML-family meta-learning in JAX.
 
-The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (``maml``,
-``fomaml``, ...) and their registry, the inner rules (optax transformations), the train step,
-models and losses.
+The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (every entry of
+:data:`jmaml.algorithms.ALGORITHMS`, under its name) and their registry, the inner rules (optax
+transformations), the train step, models and losses.
 """
 
-from jmaml import losses
-from jmaml.algorithms import (
-    ALGORITHMS,
-    NORM_LEAVES,
-    algorithm_options,
-    anil,
-    fomaml,
-    imaml,
-    maml,
-    maml_pp,
-    meta_sgd,
-    pretrain,
-    reptile,
-)
+from jmaml import algorithms, losses
+from jmaml.algorithms import *  # noqa: F401,F403  ALGORITHMS and each of its factories, under its name
 from jmaml.core.implicit import cg_solve
 from jmaml.core.inner import (
     INNER_OPTIMIZERS,
@@ -42,10 +30,10 @@ from jmaml.models import MLP, BatchStatNorm, Conv4, functional
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "BatchStatNorm", "Conv4", "INNER_OPTIMIZERS", "JmamlError", "MLP", "MetaLearner", "NORM_LEAVES",
-    "Tasks", "TrainState", "adapt_only", "algorithm_options", "anil", "cg_solve", "check_tasks", "fomaml",
-    "functional", "imaml", "init_state", "inner_optimizer_from", "learned_sgd", "learned_sgd_init", "losses",
-    "make_train_step", "maml", "maml_pp", "meta_gradient", "meta_lr_schedule", "meta_optimizer", "meta_sgd",
-    "msl_weights", "per_step_sgd", "per_step_sgd_init", "per_step_values", "per_step_values_init", "pretrain",
-    "proximal", "reptile", "scan_steps",
+    "BatchStatNorm", "Conv4", "INNER_OPTIMIZERS", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
+    "adapt_only", "cg_solve", "check_tasks", "functional", "init_state", "inner_optimizer_from", "learned_sgd",
+    "learned_sgd_init", "losses", "make_train_step", "meta_gradient", "meta_lr_schedule", "meta_optimizer",
+    "msl_weights", "per_step_sgd", "per_step_sgd_init", "per_step_values", "per_step_values_init", "proximal",
+    "scan_steps",
 ]
+__all__ += algorithms.__all__

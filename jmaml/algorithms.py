@@ -297,6 +297,9 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "reptile": reptile, "imaml": imaml, "pretrain": pretrain,
 }
 
+# What ``from jmaml.algorithms import *`` (and so ``jmaml``) exports: the registry and its factories.
+__all__ = ["ALGORITHMS", "NORM_LEAVES", "algorithm_options", *ALGORITHMS]
+
 # Marks an option with no default in :func:`algorithm_options`.
 REQUIRED = inspect.Parameter.empty
 

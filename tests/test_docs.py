@@ -35,8 +35,19 @@ def test_some_page_has_code():
     assert [p.name for p in PAGES] == ["new_algorithm.rst"]
 
 
+@pytest.fixture
+def registry():
+    """The algorithm registry as it was, after a page registered its example in it."""
+    from jmaml.algorithms import ALGORITHMS
+
+    saved = dict(ALGORITHMS)
+    yield
+    ALGORITHMS.clear()
+    ALGORITHMS.update(saved)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
-def test_code_blocks_run_in_order(page):
+def test_code_blocks_run_in_order(page, registry):
     namespace = {"__name__": f"docs_{page.stem}"}
     for number, block in enumerate(python_blocks(page)):
         exec(compile(block, f"{page.name} block {number}", "exec"), namespace)

@@ -19,3 +19,13 @@ def test_api_example_runs(capsys):
     printed = capsys.readouterr().out
     before, after = map(float, re.search(r"one step: ([\d.]+) -> ([\d.]+)", printed).groups())
     assert after < before
+
+
+def test_prepare_example_runs(tmp_path, capsys):
+    """The README's ``prepare`` example, with 100 steps instead of 1000 and its folder under tmp_path."""
+    example = re.search(r"From Python, a run is set up the same way.*?```python\n(.*?)```", README, re.S).group(1)
+    assert '"steps": 1000' in example and '"runs/s"' in example
+    example = example.replace('"steps": 1000', '"steps": 100').replace('"runs/s"', repr(str(tmp_path / "s")))
+    exec(compile(example, "README.md", "exec"), {})
+    assert float(capsys.readouterr().out.strip().splitlines()[-1]) > 0
+    assert {"config.json", "run.json", "metrics.jsonl"} <= {p.name for p in (tmp_path / "s").iterdir()}
