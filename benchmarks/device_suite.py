@@ -1,6 +1,6 @@
 """Everything a short device window should measure, in one call (at most 8 minutes on one H100/H200).
 
-    python benchmarks/device_suite.py [--quick] [--only TEXT ...] [--out benchmarks/results] [--budget-s 450]
+    python -m benchmarks.device_suite [--quick] [--only TEXT ...] [--out benchmarks/results] [--budget-s 450]
 
 Runs, in order of priority, each in its own Python process (so peak device memory, compiled programs
 and XLA flags never leak from one run into the next):
@@ -12,7 +12,7 @@ and XLA flags never leak from one run into the next):
    default's on the same inputs and weights (``grad_rel_err``);
 2. time to accuracy: ``omniglot-5w1s`` with the paper's settings for 60 s of training, meta-test accuracy
    on 600 tasks (95% interval) at 15, 30 and 60 s (``benchmarks/time_to_accuracy.py``, the one host loop);
-3. jmaml with each speed option (:data:`JMAML_OPTIONS`) per workload;
+3. jmaml with each speed option (:data:`JMAML_OPTIONS`, config overrides) per workload;
 4. jmaml's default again under each set of XLA GPU flags (:data:`XLA_FLAG_SETS`; GPU only).
 
 A run that would start after ``--budget-s`` seconds is recorded as not run. ``--quick``: one tiny
@@ -34,19 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # where the children run, as python -m benchmarks.device_suite
 
-WORKLOADS = ("omniglot-5w1s", "omniglot-20w1s", "mini-5w1s", "mini-5w5s")
 PEERS = ("plain_jax", "torch_func", "torch_loop")
-# jmaml options timed beside its defaults: name -> options of JmamlBench ("unroll": 0 means full unroll)
-JMAML_OPTIONS = {
-    "conv=xla": {"conv": "xla"},
-    "conv=im2col": {"conv": "im2col"},
-    "precision=bf16": {"precision": "bf16"},
-    "unroll=full": {"unroll": 0},
-}
+# jmaml options timed beside its defaults, as labels of benchmarks.harness.workloads.options
+JMAML_OPTIONS = ("conv=xla", "conv=im2col", "precision=bf16", "unroll=full")
 # XLA GPU flags worth trying for a launch-bound program, each set applied to its own process.
 XLA_FLAG_SETS = {
     "command buffers off": "--xla_gpu_enable_command_buffer=",
@@ -58,9 +50,12 @@ QUICK = {"workloads": ("omniglot-5w1s",), "jmaml_options": ("precision=bf16",), 
 
 def plan(quick: bool, gpu: bool) -> list[dict]:
     """Every run of the suite, in the order they are run."""
+    # imported here, not at the top: main() sets up the device memory policy before JAX starts
+    from benchmarks.harness.workloads import BENCHMARKED, options
+
     runs = []
-    workloads = QUICK["workloads"] if quick else WORKLOADS
-    options = QUICK["jmaml_options"] if quick else tuple(JMAML_OPTIONS)
+    workloads = QUICK["workloads"] if quick else BENCHMARKED
+    labels = QUICK["jmaml_options"] if quick else JMAML_OPTIONS
     peers = QUICK["peers"] if quick else PEERS
     for name in workloads:
         runs.append({"kind": "step", "workload": name, "impl": "jmaml", "variant": "default", "options": {}})
@@ -73,7 +68,7 @@ def plan(quick: bool, gpu: bool) -> list[dict]:
                      "set": [], "variant": "time to accuracy"})
     for name in workloads:
         runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": label,
-                  "options": JMAML_OPTIONS[label]} for label in options]
+                  "options": options(label)} for label in labels]
     if gpu and not quick:
         for name in workloads:
             runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": f"default, {label}",
@@ -90,7 +85,7 @@ def child(spec: dict, out: Path) -> None:
     from benchmarks.harness import environment
     if spec["kind"] == "tta":
         from benchmarks import time_to_accuracy
-        from jmaml.experiment.configs import parse_overrides
+        from jmaml.experiment import parse_overrides
 
         overrides = parse_overrides(spec["set"])
         if spec.get("data_dir"):
@@ -105,12 +100,10 @@ def child(spec: dict, out: Path) -> None:
         from benchmarks.harness.workloads import select
 
         workload = select([spec["workload"]], spec["quick"])[0]
-        options = dict(spec["options"])
-        if options.get("unroll") == 0:
-            options["unroll"] = workload.inner_steps
         steps, warmup = (3, 1) if spec["quick"] else (20, 3)
+        peak_flops = environment.peak_flops(jax.devices()[0].device_kind)
         record, grads = measure(spec["impl"], IMPLS[spec["impl"]], workload, steps=steps, warmup=warmup, batches=3,
-                                options=options, peak_flops=environment.peak_flops(jax.devices()[0].device_kind))
+                                options=spec["options"], peak_flops=peak_flops)
         if grads is not None:
             flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
                     for path, leaf in jax.tree_util.tree_leaves_with_path(grads)}
@@ -129,7 +122,8 @@ def launch(spec: dict, timeout: float, env: dict) -> tuple[dict, dict | None]:
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + spec["xla_flags"]).strip()
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec), "--child-out", tmp],
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.device_suite", "--child", json.dumps(spec),
+                                   "--child-out", tmp],
                                   env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         except subprocess.TimeoutExpired:
             return {"status": "error", "reason": f"timed out after {timeout:.0f} s"}, None
@@ -142,16 +136,6 @@ def launch(spec: dict, timeout: float, env: dict) -> tuple[dict, dict | None]:
         record["process_wall_s"] = wall
         grads = Path(tmp) / "grads.npz"
         return record, (dict(np.load(grads)) if grads.exists() else None)
-
-
-def rel_err(grads: dict, reference: dict) -> float | None:
-    import numpy as np
-
-    if grads.keys() != reference.keys():
-        return None
-    diff = sum(float(np.sum((grads[k].astype(np.float64) - reference[k]) ** 2)) for k in reference)
-    norm = sum(float(np.sum(reference[k].astype(np.float64) ** 2)) for k in reference)
-    return (diff / norm) ** 0.5
 
 
 def environment_record() -> dict:
@@ -223,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     import jax
 
+    from benchmarks.harness.measure import gradient_error
+
     gpu = jax.default_backend() == "gpu"
     runs = plan(args.quick, gpu)
     if args.only:
@@ -244,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             if spec["variant"] == "default" and key not in references:
                 references[key] = grads
             if key in references:
-                record["grad_rel_err"] = rel_err(grads, references[key])
+                record["grad_rel_err"] = gradient_error(grads, references[key])
         record = {**record, "spec": spec}
         results.append(record)
         print(f"{spec['label']}: {record['status']} {_fmt(record.get('median_ms'), '.1f')} ms "

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from benchmarks.harness.environment import describe
 from benchmarks.harness.jax_impls import plain_meta_loss
-from benchmarks.harness.workloads import BENCH_WORKLOADS, init_params, select
+from benchmarks.harness.workloads import BENCH_WORKLOADS, init_params, options, select
 from jmaml import losses
 from jmaml.core.step import meta_gradient
 from jmaml.core.types import Tasks
@@ -51,16 +51,10 @@ def compile_program(fn, *args) -> tuple[int | None, float]:
     return program_bytes(compiled), seconds
 
 
-def variants(chunks: int) -> dict[str, dict]:
-    """Column name -> the config overrides of each jmaml program measured."""
-    return {
-        "jmaml default": {},
-        "conv=xla": {"conv": "xla"},
-        "conv=im2col, unroll=full": {"conv": "im2col", "unroll": 0},
-        "conv=xla, unroll=full": {"conv": "xla", "unroll": 0},
-        "remat": {"remat": True},
-        f"remat + {chunks} chunks": {"remat": True, "meta_chunks": chunks},
-    }
+def variants(chunks: int) -> list[str]:
+    """The jmaml programs measured, as option labels (:func:`benchmarks.harness.workloads.options`)."""
+    return ["default", "conv=xla", "conv=im2col, unroll=full", "conv=xla, unroll=full", "remat",
+            f"remat, meta_chunks={chunks}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="the workload's tiny version (seconds)")
     parser.add_argument("--only", nargs="+", metavar="NAME",
-                        help="measure only these columns (plain JAX, jmaml default, conv=xla, ...)")
+                        help="measure only these columns (plain JAX, default, conv=xla, ...)")
     args = parser.parse_args(argv)
 
     base = select([args.workload], quick=args.quick)[0]
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "plain JAX":
                 cells[steps, name] = compile_program(jax.value_and_grad(plain_meta_loss(w)), params, tasks)
             else:
-                cfg = w.with_options(variants(args.chunks)[name])
+                cfg = w.with_options(options(name))
                 learner = learner_from_config(cfg, image_model(cfg, w.variant)[1], losses.cross_entropy)
                 fn = lambda mp, t, lrn=learner, c=max(cfg.meta_chunks, 1): meta_gradient(  # noqa: E731
                     lrn, mp, t, chunks=c)

@@ -9,7 +9,7 @@ figure goes into RESULTS.md (issue 14 asks for at most 2.5 GB).
 
 Usage::
 
-    python benchmarks/mini_memory.py [--format pickle|csv|both] [--steps 5] [--keep DIR] \\
+    python -m benchmarks.mini_memory [--format pickle|csv|both] [--steps 5] [--keep DIR] \\
         [--set eval_tasks=100 ...]
 
 Generating the CSV layout writes 60,000 PNG files (about 1.3 GB, a minute or two); the pickles

@@ -26,7 +26,7 @@ Image configs sample from a synthetic uint8 pool shaped like the dataset's meta-
 on the pixel values or the pool size, as tasks are gathered from it. ``--data real`` loads the
 config's data instead.
 
-    python benchmarks/scaling.py [--config sinusoid] [--set KEY=VALUE ...] [--devices 1 2 4 8]
+    python -m benchmarks.scaling [--config sinusoid] [--set KEY=VALUE ...] [--devices 1 2 4 8]
         [--modes weak strong] [--per-device N] [--steps 20] [--warmup 3] [--quick] [--json PATH]
 """
 
@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -44,55 +43,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = str(Path(__file__).resolve().parents[1])  # the repository root, for benchmarks.harness
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.harness.workloads import quick_overrides  # noqa: E402
-from jmaml.errors import JmamlError  # noqa: E402
-from jmaml.experiment.configs import CONFIGS, Config, get_config, parse_overrides  # noqa: E402
-from jmaml.experiment.workloads import chunking  # noqa: E402
+from benchmarks.harness.hlo import collective_bytes, parse
+from benchmarks.harness.workloads import quick_overrides
+from jmaml.errors import JmamlError
+from jmaml.experiment import CONFIGS, Config, chunking, get_config, parse_overrides
 
 MODES = ("weak", "strong")
 SYNTHETIC_DRAWINGS = 20  # drawings per class of the synthetic pool (>= shots + queries of every named config)
-# bytes of one element of an HLO shape's element type
-HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-             "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][\w\-]*)\(")
-_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
-ALL_REDUCE = ("all-reduce", "all-reduce-start")
-OTHER_COLLECTIVES = ("all-gather", "all-gather-start", "reduce-scatter", "all-to-all", "collective-permute",
-                     "collective-permute-start", "ragged-all-to-all", "collective-broadcast")
 
 
 class UsageError(Exception):
     """A bad option; :func:`main` prints it as one ``error:`` line and exits with 2."""
-
-
-def shape_bytes(shape: str) -> int:
-    """Bytes of an HLO result shape, an array (``f32[64,3,3]{...}``) or a tuple of arrays."""
-    return sum(HLO_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
-               for dtype, dims in _ARRAY.findall(shape))
-
-
-def collective_bytes(hlo_text: str) -> dict[str, int]:
-    """The all-reduce ops of a compiled program (``compiled.as_text()``) and their bytes, and the
-    other collectives' bytes. The ``-done`` halves of asynchronous ops are not counted twice."""
-    counts = {"all_reduce_ops": 0, "all_reduce_bytes": 0, "other_collective_ops": 0, "other_collective_bytes": 0}
-    for line in hlo_text.splitlines():
-        match = _INSTRUCTION.match(line)
-        if not match:
-            continue
-        shape, op = match.groups()
-        if op in ALL_REDUCE:
-            counts["all_reduce_ops"] += 1
-            counts["all_reduce_bytes"] += shape_bytes(shape)
-        elif op in OTHER_COLLECTIVES:
-            counts["other_collective_ops"] += 1
-            counts["other_collective_bytes"] += shape_bytes(shape)
-    return counts
 
 
 def base_config(name: str, sets: list[str], quick: bool) -> Config:
@@ -129,7 +92,7 @@ def synthetic_images(cfg: Config):
 
 
 def workload_of(cfg: Config, data: str, pool):
-    from jmaml.experiment.workloads import image_workload, make_workload
+    from jmaml.experiment import image_workload, make_workload
 
     if cfg.dataset == "sinusoid" or data == "real":
         return make_workload(cfg)
@@ -163,7 +126,7 @@ def measure(program, cfg: Config, mode: str, *, steps: int, warmup: int) -> dict
     devices, train_data = list(trainer.mesh.devices.flat), trainer.data
     n, template = len(devices), program.setup.template()
     compiled = trainer.compiled(*trainer.plan(0, cfg.steps), template)
-    collectives = collective_bytes(compiled.as_text())
+    collectives = collective_bytes(parse(compiled.as_text()))
     state = parallel.replicate(program.setup.init(), trainer.mesh)
     times = []
     for i in range(warmup + steps):
@@ -205,10 +168,9 @@ def run_counts(cfg: Config, counts: list[int], sizes: dict[tuple[str, int], int]
 
 def run_simulated(n: int, argv: list[str]) -> list[dict]:
     """Rows of device count ``n`` from a subprocess with ``n`` simulated CPU devices."""
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(n), "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--devices", str(n), "--child"]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(n), "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "benchmarks.scaling", *argv, "--devices", str(n), "--child"]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode:
         raise RuntimeError(f"the run on {n} simulated CPU devices failed (exit {proc.returncode}): {' '.join(cmd)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -248,12 +248,9 @@ def test_throughput_bad_counts(flag, capsys):
 
 
 def test_device_suite_quick_writes_json_and_markdown(tmp_path):
-    """``benchmarks/device_suite.py --quick`` (restricted to jmaml's default and the time-to-accuracy
+    """``python -m benchmarks.device_suite --quick`` (restricted to jmaml's default and the time-to-accuracy
     run, each in its own process) writes both result files with the runs' figures."""
-    proc = subprocess.run([sys.executable, "benchmarks/device_suite.py", "--quick", "--out", str(tmp_path),
-                           "--only", "jmaml default", "time to accuracy"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = run_script("device_suite", "--quick", "--out", str(tmp_path), "--only", "jmaml default", "time to accuracy")
     assert proc.returncode == 0, proc.stderr[-2000:]
     (json_path,), (md_path,) = tmp_path.glob("*.json"), tmp_path.glob("*.md")
     assert json_path.stem == md_path.stem and json_path.stem.endswith("-cpu")

@@ -1,5 +1,6 @@
-"""The first inner step runs at the shared meta-parameters: one ordinary convolution over all tasks' support
-images (not a convolution grouped by task), and the same meta-gradient as an explicit per-task loop."""
+"""The HLO reader counts what a program holds (checked by hand); the first inner step runs at the shared
+meta-parameters: one ordinary convolution over all tasks' support images (not a convolution grouped by task),
+and the same meta-gradient as an explicit per-task loop."""
 
 import chex
 import jax
@@ -7,12 +8,33 @@ import jax.numpy as jnp
 import pytest
 
 import jmaml
-from benchmarks.hlo_report import convolutions, parse
+from benchmarks.harness.hlo import collective_bytes, convolutions, counts, parse, shape_bytes
 from jmaml import losses
 from jmaml.core.types import Tasks
 from jmaml.models import Conv4, functional
 
 TASKS, WAYS, SHOTS, QUERIES, SIDE, FILTERS = 3, 2, 1, 2, 8, 2
+
+
+def test_hlo_bytes_counted_by_hand():
+    assert shape_bytes("f32[64,3,3]{2,1,0}") == 64 * 9 * 4
+    assert shape_bytes("(f32[16]{0}, bf16[2,8]{1,0}, /*index=2*/f32[], s32[])") == 16 * 4 + 16 * 2 + 4 + 4
+    text = "\n".join([
+        "ENTRY %main {",
+        "  %p = f32[10]{0} parameter(0)",
+        "  %all-reduce.3 = (f32[10]{0}, f32[]) all-reduce(f32[10]{0} %p, f32[] %c), replica_groups={{0,1}}",
+        "  %ars = f32[5,2]{1,0} all-reduce-start(f32[5,2]{1,0} %q), replica_groups={{0,1}}",
+        "  %ard = f32[5,2]{1,0} all-reduce-done(f32[5,2]{1,0} %ars)",  # the other half of the same op
+        "  ROOT %ag = f32[4,10]{1,0} all-gather(f32[2,10]{1,0} %r), dimensions={0}",
+        "  %get = f32[10]{0} get-tuple-element((f32[10]{0}, f32[]) %all-reduce.3), index=0",
+        "}"])
+    module = parse(text)
+    assert collective_bytes(module) == {"all_reduce_ops": 2, "all_reduce_bytes": 44 + 40,
+                                        "other_collective_ops": 1, "other_collective_bytes": 160}
+    assert [i[0] for i in module["computations"]["main"]] == ["p", "all-reduce.3", "ars", "ard", "ag", "get"]
+    assert module["computations"]["main"][5][3] == ["all-reduce.3"]  # the operand of a tuple type
+    assert module["shapes"]["ag"] == (4, 10) and module["shapes"]["all-reduce.3"] is None  # a tuple has no dims
+    assert counts(module)["kernels"] == 4  # the collectives; not the parameter nor get-tuple-element
 
 
 def tiny_problem(conv, steps, dtype=jnp.float32):

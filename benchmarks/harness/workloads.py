@@ -17,7 +17,7 @@ import numpy as np
 
 from jmaml.core.types import Tasks
 from jmaml.data.mini_imagenet import IMAGE_SHAPE as MINI_IMAGENET_SHAPE
-from jmaml.experiment import CONFIGS, Config, image_model, validate
+from jmaml.experiment import CONFIGS, Config, image_model, parse_overrides, validate
 
 # The configs the throughput benchmark times (second-order MAML on Conv4, the paper's four settings).
 BENCHMARKED = ("omniglot-5w1s", "omniglot-20w1s", "mini-5w1s", "mini-5w5s")
@@ -31,6 +31,27 @@ def quick_overrides(cfg: Config) -> dict[str, Any]:
               "mini_imagenet": {"filters": 4}}[cfg.dataset]
     return {**shapes, "ways": min(cfg.ways, 3), "queries": 2, "inner_steps": min(cfg.inner_steps, 2),
             "meta_batch": 4, "name": f"{cfg.name}-quick"}
+
+
+# Names of jmaml options in the tables that are not a --set pair themselves (``conv=xla`` is one)
+OPTION_NAMES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "unroll=full": {"unroll": 0},  # 0: the whole inner loop unrolled
+    "remat": {"remat": True},
+}
+
+
+def options(label: str) -> dict[str, Any]:
+    """The config overrides a column label names: comma-separated ``key=value`` pairs as ``--set``
+    takes them or :data:`OPTION_NAMES`, e.g. ``"conv=xla, unroll=full"`` or ``"remat, meta_chunks=4"``.
+
+    Raises:
+      JmamlError: a part is neither (an unknown key or a bad value).
+    """
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in label.split(",")):
+        out.update(OPTION_NAMES[part] if part in OPTION_NAMES else parse_overrides([part]))
+    return out
 
 
 # miniImageNet's quick input side: its images have no config key for their size (always 84x84)
