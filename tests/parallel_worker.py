@@ -79,7 +79,7 @@ def main() -> None:
 
     from jmaml.core.step import make_train_step
     from jmaml.evaluation import meta_test
-    from jmaml.experiment.build import build, keys
+    from jmaml.experiment.assembly import build, keys
 
     cfg = config(args.workload, args.meta_chunks)
     workload = workload_of(cfg)

@@ -13,7 +13,7 @@ from jmaml.experiment import cli
 @pytest.fixture
 def no_compile(monkeypatch):
     """Makes any jax.jit call fail, proving that an error came before compilation."""
-    import jmaml.experiment.train  # noqa: F401  (modules that jit at import time are loaded first)
+    import jmaml.experiment.training  # noqa: F401  (modules that jit at import time are loaded first)
 
     def refuse(*args, **kwargs):
         raise AssertionError("jax.jit was called before the input was validated")

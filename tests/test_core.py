@@ -1,5 +1,7 @@
 """The MAML core against independent computations, in float64."""
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -307,8 +309,9 @@ def test_annealing_has_one_path_the_host_switch():
 
 
 def test_registry_and_options_come_from_the_factories():
-    assert list(jmaml.ALGORITHMS) == ["maml", "fomaml", "meta_sgd", "anil", "maml_pp", "reptile", "imaml",
-                                      "pretrain"]
+    for name, factory in jmaml.ALGORITHMS.items():  # each exported under its name, apply_fn and loss_fn first
+        assert getattr(jmaml, name) is factory and name in jmaml.__all__
+        assert list(inspect.signature(factory).parameters)[:2] == ["apply_fn", "loss_fn"]
     options = {name: jmaml.algorithm_options(name) for name in jmaml.ALGORITHMS}
     common = {"inner_steps", "inner_lr", "metrics", "unroll"}
     assert all(common <= set(o) for o in options.values())

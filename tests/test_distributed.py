@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from jmaml.experiment import checkpoint, runs
-from jmaml.experiment.build import build
+from jmaml.experiment.assembly import build
 from jmaml.experiment.workloads import make_workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -37,20 +37,33 @@ def test_some_page_has_code():
 
 @pytest.fixture
 def registry():
-    """The algorithm registry as it was, after a page registered its example in it."""
+    """The algorithm registry as it is (restored after a page registered its example in it)."""
     from jmaml.algorithms import ALGORITHMS
 
     saved = dict(ALGORITHMS)
-    yield
+    yield saved
     ALGORITHMS.clear()
     ALGORITHMS.update(saved)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
-def test_code_blocks_run_in_order(page, registry):
+def test_code_blocks_run_in_order(page, registry, monkeypatch):
+    """Each page's blocks run in order; an algorithm a page registers meets the contract every registered
+    one meets (tests/test_algorithm_contract.py), with no test edited for it."""
+    import jax
+    from test_algorithm_contract import check_keys_reach, check_one_step
+
+    from jmaml.algorithms import ALGORITHMS
+
     namespace = {"__name__": f"docs_{page.stem}"}
     for number, block in enumerate(python_blocks(page)):
         exec(compile(block, f"{page.name} block {number}", "exec"), namespace)
+    added = [name for name in ALGORITHMS if name not in registry]
+    with jax.enable_x64(True):
+        for name in added:
+            check_one_step(name)
+            check_keys_reach(name, monkeypatch)
+    assert added == (["penalised_maml"] if page.stem == "new_algorithm" else [])
 
 
 def test_markdown_tables_in_docstrings_become_list_tables():

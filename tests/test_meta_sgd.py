@@ -10,7 +10,7 @@ from family_helpers import mlp_apply, mlp_init, mse, normal, random_tasks, sq_lo
 
 import jmaml
 from jmaml.experiment import configs
-from jmaml.experiment.build import learner_from_config
+from jmaml.experiment.assembly import learner_from_config
 
 pytestmark = pytest.mark.usefixtures("x64")
 

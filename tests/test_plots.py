@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 def two_runs(tmp_path_factory):
     """Two finished tiny sinusoid runs that differ in algorithm and inner learning rate."""
     from jmaml.experiment.configs import get_config
-    from jmaml.experiment.train import train
+    from jmaml.experiment.training import train
 
     root = tmp_path_factory.mktemp("runs")
     small = {"steps": 10, "log_every": 5, "eval_tasks": 20, "eval_batch": 10, "eval_max_steps": 3}

@@ -1,4 +1,4 @@
-"""The README's promises: its test command is what CI runs, and its API example runs."""
+"""The README's promises: its test command is what CI runs, its API examples run, its public names hold."""
 
 import re
 from pathlib import Path
@@ -29,3 +29,18 @@ def test_prepare_example_runs(tmp_path, capsys):
     exec(compile(example, "README.md", "exec"), {})
     assert float(capsys.readouterr().out.strip().splitlines()[-1]) > 0
     assert {"config.json", "run.json", "metrics.jsonl"} <= {p.name for p in (tmp_path / "s").iterdir()}
+
+
+def test_public_names_are_what_they_name_after_every_module_is_loaded():
+    """``from jmaml.experiment import build`` is the function even once the package's modules are imported
+    (a submodule called ``build`` would shadow it: Python sets the package attribute on import)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import jmaml.experiment as experiment
+
+    for module in pkgutil.iter_modules(experiment.__path__):
+        importlib.import_module(f"jmaml.experiment.{module.name}")
+    for name in experiment.__all__:
+        assert not inspect.ismodule(getattr(experiment, name)), f"jmaml.experiment.{name} is a module"

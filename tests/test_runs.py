@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jmaml.experiment import checkpoint, cli, runs
-from jmaml.experiment.build import build
+from jmaml.experiment.assembly import build
 from jmaml.experiment.workloads import make_workload
 
 # A small sinusoid run: fast steps, several chunks and checkpoints.

@@ -15,9 +15,9 @@ from family_helpers import mlp_apply, mlp_init, mse
 import jmaml
 from jmaml.core.step import init_state, make_train_step, meta_gradient, scan_steps
 from jmaml.data import sinusoid
-from jmaml.experiment.build import build
+from jmaml.experiment.assembly import build
 from jmaml.experiment.configs import get_config
-from jmaml.experiment.train import train
+from jmaml.experiment.training import train
 from jmaml.experiment.workloads import make_workload
 
 META_BATCH, SHOTS, QUERIES = 3, 4, 5

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jmaml.experiment.build import learner_from_config
+from jmaml.experiment.assembly import learner_from_config
 from jmaml.experiment.configs import get_config
 from jmaml.experiment.workloads import image_workload
 

@@ -6,7 +6,7 @@ import pytest
 
 from jmaml.errors import JmamlError
 from jmaml.experiment.configs import get_config
-from jmaml.experiment.train import train
+from jmaml.experiment.training import train
 
 
 @pytest.fixture(scope="module")

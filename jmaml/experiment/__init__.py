@@ -24,11 +24,11 @@ _PUBLIC = {
     "prepare": "run", "Run": "run", "RunFailed": "run", "Stopped": "run",
     "CONFIGS": "configs", "Config": "configs", "get_config": "configs", "parse_overrides": "configs",
     "validate": "configs",
-    "build": "build", "Setup": "build", "learner_from_config": "build",
+    "build": "assembly", "Setup": "assembly", "learner_from_config": "assembly",
     "Workload": "workloads", "make_workload": "workloads", "image_workload": "workloads",
     "image_model": "workloads", "chunking": "workloads",
     "program_bytes": "memory",
-    "train": "train",
+    "train": "training",
     "git_commit": "provenance", "record": "provenance",
 }
 __all__ = sorted(_PUBLIC)

@@ -109,7 +109,7 @@ def format_eval(result: dict) -> str:
 
 def _train(args) -> None:
     from jmaml.experiment.configs import get_config, parse_overrides
-    from jmaml.experiment.train import train
+    from jmaml.experiment.training import train
 
     overrides = parse_overrides(args.set)
     for key in ("steps", "seed"):
@@ -132,7 +132,7 @@ def _resume(args) -> None:
 
     from jmaml.experiment.configs import validate
     from jmaml.experiment.runs import load_config
-    from jmaml.experiment.train import train
+    from jmaml.experiment.training import train
 
     cfg = load_config(args.run_dir)
     overrides = {}
@@ -147,7 +147,7 @@ def _resume(args) -> None:
 
 def _eval(args) -> None:
     from jmaml.experiment import runs
-    from jmaml.experiment.train import meta_test_checkpoint
+    from jmaml.experiment.training import meta_test_checkpoint
 
     overrides = {}
     if args.tasks is not None:

@@ -1,6 +1,6 @@
 """Plots of run folders: learning curves and the meta-test against inner steps, several runs overlaid.
 
-Everything here reads what :func:`jmaml.experiment.train.train` writes into a run folder
+Everything here reads what :func:`jmaml.experiment.training.train` writes into a run folder
 (``config.json``, ``metrics.jsonl``, ``eval.json``) and draws on a bare
 :class:`matplotlib.figure.Figure` (no pyplot, so no global backend is chosen or changed: the PNG is
 rendered by Agg, and a notebook displays the returned figure inline). matplotlib is the optional

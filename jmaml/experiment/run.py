@@ -31,7 +31,7 @@ from jmaml.core.step import TrainState
 from jmaml.errors import JmamlError
 from jmaml.evaluation import meta_test
 from jmaml.experiment import checkpoint, memory, provenance, runs
-from jmaml.experiment.build import Setup, build, keys
+from jmaml.experiment.assembly import Setup, build, keys
 from jmaml.experiment.configs import RESUMABLE_KEYS, Config, validate
 from jmaml.experiment.hooks import Checkpointer, MetricsLogger, Progress, StopCheck, chunk_means, stop_signals
 from jmaml.experiment.loop import Clock, Diverged, Hook, Trainer

@@ -12,7 +12,7 @@ import dataclasses
 import os
 
 from jmaml.experiment import checkpoint, runs
-from jmaml.experiment.build import build
+from jmaml.experiment.assembly import build
 from jmaml.experiment.configs import Config, validate
 from jmaml.experiment.run import meta_test_of, prepare
 from jmaml.experiment.workloads import make_workload
