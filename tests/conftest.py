@@ -1,13 +1,31 @@
 """Shared fixtures: float64 for the numeric tests; the real Omniglot data (found through JMAML_DATA_DIR or
-beside the checkout), loaded once."""
+beside the checkout), loaded once; one compilation cache for the session.
+
+Many tests compile the same programs: the same small configs trained, resumed and evaluated by the ``jmaml``
+command in subprocesses, each of which would compile everything again (about 100 programs for a short Omniglot
+run, most of them small). The session shares them through JAX's persistent compilation cache in a folder of its
+own, which the subprocesses inherit through the environment. It changes no result: a cached executable is the
+one XLA compiled for the same program.
+"""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jmaml-tests-xla-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the small programs add up too
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def _find_omniglot() -> tuple[Path | None, list[Path]]:

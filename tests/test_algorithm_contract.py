@@ -19,6 +19,7 @@ A toy algorithm that ignores one of its declared keys fails the second check.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from typing import Callable
 
@@ -28,6 +29,7 @@ import numpy as np
 import pytest
 from family_helpers import mlp_apply, mlp_init, mse, random_tasks
 
+import jmaml
 from jmaml import algorithms
 from jmaml.algorithms import ALGORITHMS
 from jmaml.core.inner import INNER_OPTIMIZERS
@@ -177,3 +179,23 @@ def test_every_algorithm_trains_and_evaluates_on_sinusoid(tmp_path, algorithm):
     for row in rows:
         ratio = row["query_loss"] / row["query_loss_before"]
         assert ratio == 1.0 if algorithm == "pretrain" else 0.35 < ratio < 0.55, row
+
+
+def test_registry_and_options_come_from_the_factories():
+    for name, factory in jmaml.ALGORITHMS.items():  # each exported under its name, apply_fn and loss_fn first
+        assert getattr(jmaml, name) is factory and name in jmaml.__all__
+        assert list(inspect.signature(factory).parameters)[:2] == ["apply_fn", "loss_fn"]
+    options = {name: jmaml.algorithm_options(name) for name in jmaml.ALGORITHMS}
+    common = {"inner_steps", "inner_lr", "metrics", "unroll"}
+    assert all(common <= set(o) for o in options.values())
+    assert options["reptile"] == {"inner_steps": jmaml.algorithms.REQUIRED, "inner_lr": None,
+                                  "inner_optimizer": "sgd", "inner_batch": 0, "metrics": None, "unroll": 1}
+    assert set(options["imaml"]) - common == {"inner_optimizer", "proximal_lambda", "cg_steps"}
+    assert options["imaml"]["proximal_lambda"] == 1.0 and options["imaml"]["cg_steps"] == 5
+    assert set(options["maml_pp"]) - common == {"msl_anneal_steps", "first_order_steps", "per_step_bn", "first_order"}
+    assert options["maml_pp"]["per_step_bn"] == jmaml.NORM_LEAVES
+    assert options["meta_sgd"]["inner_lr"] is jmaml.algorithms.REQUIRED
+    assert set(options["anil"]) - common == {"inner_optimizer", "head", "first_order"}
+    assert set(options["fomaml"]) - common == {"inner_optimizer"}
+    with pytest.raises(jmaml.JmamlError, match=r"^unknown algorithm 'mamlx'; choose one of: maml, fomaml, "):
+        jmaml.algorithm_options("mamlx")

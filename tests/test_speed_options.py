@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +129,14 @@ def test_precision_is_refused_for_sinusoid_and_bad_values():
     with pytest.raises(JmamlError, match="unroll must be a non-negative integer"):
         get_config("omniglot-5w1s", {"unroll": -1})
     assert dataclasses.replace(get_config("omniglot-5w1s")).precision == "float32"
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_im2col_convolution_equals_xla_convolution(x64, strides):
+    from jmaml.models.conv import Conv2D
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 10, 2), jnp.float64)
+    im2col, xla = Conv2D(4, 3, strides, impl="im2col"), Conv2D(4, 3, strides, impl="xla")
+    params = im2col.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+    chex.assert_trees_all_close(im2col.apply(params, x), xla.apply(params, x), rtol=1e-12, atol=1e-12)
