@@ -17,7 +17,11 @@ import jax
 import pytest
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jmaml-tests-xla-")
+# made by the first pytest process of the session; its workers (pytest -n) and subprocesses inherit it
+_OWNS_CACHE = "JMAML_TESTS_XLA_CACHE" not in os.environ
+if _OWNS_CACHE:
+    os.environ["JMAML_TESTS_XLA_CACHE"] = tempfile.mkdtemp(prefix="jmaml-tests-xla-")
+_COMPILATION_CACHE = os.environ["JMAML_TESTS_XLA_CACHE"]
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the small programs add up too
 jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
@@ -25,7 +29,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+    if _OWNS_CACHE:
+        shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def _find_omniglot() -> tuple[Path | None, list[Path]]:
