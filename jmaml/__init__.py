@@ -2,7 +2,7 @@
 
 The public API, flat: ``Tasks``, ``MetaLearner``, the algorithm factories (every entry of
 :data:`jmaml.algorithms.ALGORITHMS`, under its name) and their registry, the inner rules (optax
-transformations), the train step, models and losses.
+transformations), the train step (and many runs in one), models and losses.
 """
 
 from jmaml import algorithms, losses
@@ -21,6 +21,7 @@ from jmaml.core.inner import (
     proximal,
 )
 from jmaml.core.learner import MetaLearner, check_tasks
+from jmaml.core.runs import make_runs_step, stack_runs, unstack_runs
 from jmaml.core.schedules import meta_lr_schedule, meta_optimizer, msl_weights
 from jmaml.core.step import TrainState, init_state, make_train_step, meta_gradient, scan_steps
 from jmaml.core.types import Tasks
@@ -32,8 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchStatNorm", "Conv4", "INNER_OPTIMIZERS", "JmamlError", "MLP", "MetaLearner", "Tasks", "TrainState",
     "adapt_only", "cg_solve", "check_tasks", "functional", "init_state", "inner_optimizer_from", "learned_sgd",
-    "learned_sgd_init", "losses", "make_train_step", "meta_gradient", "meta_lr_schedule", "meta_optimizer",
-    "msl_weights", "per_step_sgd", "per_step_sgd_init", "per_step_values", "per_step_values_init", "proximal",
-    "scan_steps",
+    "learned_sgd_init", "losses", "make_runs_step", "make_train_step", "meta_gradient", "meta_lr_schedule",
+    "meta_optimizer", "msl_weights", "per_step_sgd", "per_step_sgd_init", "per_step_values", "per_step_values_init",
+    "proximal", "scan_steps", "stack_runs", "unstack_runs",
 ]
 __all__ += algorithms.__all__
