@@ -12,7 +12,8 @@ and XLA flags never leak from one run into the next):
    default's on the same inputs and weights (``grad_rel_err``);
 2. time to accuracy: ``omniglot-5w1s`` with the paper's settings for 60 s of training, meta-test accuracy
    on 600 tasks (95% interval) at 15, 30 and 60 s (``benchmarks/time_to_accuracy.py``, the one host loop);
-3. jmaml with each speed option (:data:`JMAML_OPTIONS`, config overrides) per workload;
+3. jmaml with each speed option (:data:`JMAML_OPTIONS`, config overrides) per workload, then several
+   runs in one program (:data:`RUNS_IN_ONE_PROGRAM`; tasks/s counts every run's tasks);
 4. jmaml's default again under each set of XLA GPU flags (:data:`XLA_FLAG_SETS`; GPU only).
 
 A run that would start after ``--budget-s`` seconds is recorded as not run. ``--quick``: one tiny
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]  # where the children run, as python 
 PEERS = ("plain_jax", "torch_func", "torch_loop")
 # jmaml options timed beside its defaults, as labels of benchmarks.harness.workloads.options
 JMAML_OPTIONS = ("conv=xla", "conv=im2col", "precision=bf16", "unroll=full")
+# jmaml runs trained in one program (jmaml.make_runs_step), against one run's step time: (workload, runs)
+RUNS_IN_ONE_PROGRAM = (("omniglot-5w1s", 8), ("omniglot-5w1s", 16), ("mini-5w1s", 8))
 # XLA GPU flags worth trying for a launch-bound program, each set applied to its own process.
 XLA_FLAG_SETS = {
     "command buffers off": "--xla_gpu_enable_command_buffer=",
@@ -69,6 +72,9 @@ def plan(quick: bool, gpu: bool) -> list[dict]:
     for name in workloads:
         runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": label,
                   "options": options(label)} for label in labels]
+    if not quick:
+        runs += [{"kind": "step", "workload": name, "impl": "jmaml_runs", "variant": f"{n} runs in one program",
+                  "options": {"runs": n}} for name, n in RUNS_IN_ONE_PROGRAM]
     if gpu and not quick:
         for name in workloads:
             runs += [{"kind": "step", "workload": name, "impl": "jmaml", "variant": f"default, {label}",

@@ -72,6 +72,11 @@ def test_quick_reports(quick_run):
         assert record["compile_s"] > 0 and record["flops"] > 0
         assert record["peak_fraction"] is None  # no known peak on CPU
     assert by_impl["jmaml"]["options"] == {"conv": CONFIGS["omniglot-5w1s"].conv}
+    # jmaml's step over 8 stacked runs: run 0 is the run alone (same weights and inputs), every run's tasks count
+    runs = by_impl["jmaml_runs"]
+    assert runs["status"] == "ok" and runs["runs"] == 8 and runs["grad_rel_err"] < 1e-5
+    assert runs["tasks_per_s"] == pytest.approx(8 * runs["meta_batch"] / (runs["median_ms"] / 1e3))
+    assert "jmaml_runs (8 runs in one program)" in table
     assert "| Omniglot 3-way 1-shot, 2 queries, 1 step, 4 tasks" in table and env["commit"] in table
 
 

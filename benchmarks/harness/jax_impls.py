@@ -12,11 +12,14 @@ import numpy as np
 import optax
 
 from benchmarks.harness.base import Grads
-from benchmarks.harness.workloads import BenchWorkload
+from benchmarks.harness.workloads import BenchWorkload, init_params
 from jmaml import losses
+from jmaml.core.runs import make_runs_step, stack_runs
 from jmaml.core.step import init_state, make_train_step
 from jmaml.core.types import Tasks
 from jmaml.experiment import image_model, learner_from_config, program_bytes
+
+RUNS = 8  # runs in one program that JmamlRunsBench times unless told otherwise
 
 
 def _device() -> str:
@@ -71,6 +74,22 @@ def _last_gradient() -> optax.GradientTransformation:
                                         lambda updates, state, params=None: (updates, updates))
 
 
+def _jmaml_step(workload: BenchWorkload, options: dict[str, Any]):
+    """jmaml's train step as ``jmaml train`` builds it from the workload's config with ``options``:
+    ``(learner, optimizer, step_fn)``, ``step_fn(state, tasks) -> (state, meta-loss, meta-gradient)``."""
+    cfg = workload.with_options(options)
+    _, apply = image_model(cfg, workload.variant)
+    learner = learner_from_config(cfg, apply, losses.cross_entropy)
+    optimizer = optax.chain(_last_gradient(), optax.adam(cfg.meta_lr))
+    train_step = make_train_step(learner, optimizer)
+
+    def step_fn(state, tasks, data=None):
+        state, metrics = train_step(state, tasks)
+        return state, metrics["meta_loss"], state.opt_state[0]["params"]
+
+    return learner, optimizer, step_fn
+
+
 class JmamlBench(_JaxBench):
     """jmaml's own train step, as ``jmaml train`` builds it from the workload's config with
     ``options`` (config keys such as ``conv``, ``precision``, ``unroll``) set on top: the config's
@@ -81,18 +100,42 @@ class JmamlBench(_JaxBench):
     """
 
     def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
-        cfg = workload.with_options(options)
-        _, apply = image_model(cfg, workload.variant)
-        learner = learner_from_config(cfg, apply, losses.cross_entropy)
-        optimizer = optax.chain(_last_gradient(), optax.adam(cfg.meta_lr))
+        learner, optimizer, step_fn = _jmaml_step(workload, options)
         state = init_state(learner, optimizer, jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(0))
-        train_step = make_train_step(learner, optimizer)
-
-        def step_fn(state, tasks):
-            state, metrics = train_step(state, tasks)
-            return state, metrics["meta_loss"], state.opt_state[0]["params"]
-
         super().__init__(step_fn, state, batches, donate=True)
+
+
+class JmamlRunsBench(_JaxBench):
+    """``options["runs"]`` (default :data:`RUNS`) jmaml runs in one program (:func:`jmaml.make_runs_step`):
+    jmaml's train step vmapped over stacked states; run ``r`` starts from the initial weights of seed ``r``
+    (run 0 from the shared ones) and trains on its own meta-batch (the prepared batches, rotated by ``r``).
+
+    The meta-loss and meta-gradient it hands out are run 0's, on the inputs every implementation sees,
+    so the gradient check compares run 0 with jmaml alone; its throughput counts every run's tasks.
+    """
+
+    def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
+        options = dict(options)
+        self.runs, self.inputs = options.pop("runs", RUNS), batches
+        learner, optimizer, step_fn = _jmaml_step(workload, options)
+        states = stack_runs([init_state(learner, optimizer, jax.tree.map(
+            jnp.asarray, params if r == 0 else init_params(workload, seed=r)), jax.random.PRNGKey(r))
+            for r in range(self.runs)])
+        runs_step = make_runs_step(lambda h: step_fn)
+
+        def many(states, tasks):
+            states, loss, grads = runs_step(states, {}, tasks)
+            return states, loss[0], jax.tree.map(lambda g: g[0], grads)
+
+        super().__init__(many, states, [self.with_runs(b, i) for i, b in enumerate(batches)], donate=True)
+
+    def with_runs(self, first: Tasks, index: int = 0) -> Tasks:
+        """A meta-batch per run: run 0's is ``first``, run ``r``'s the prepared batch ``r`` after ``index``."""
+        others = [self.inputs[(index + r) % len(self.inputs)] for r in range(1, self.runs)]
+        return stack_runs([Tasks(*map(np.asarray, b)) for b in [first, *others]])
+
+    def step_on(self, tasks: Tasks) -> tuple[float, Grads]:
+        return super().step_on(self.with_runs(Tasks(*tasks)))
 
 
 class _BatchNorm(nn.Module):

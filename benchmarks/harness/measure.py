@@ -61,7 +61,8 @@ def measure(name: str, factory: Factory, workload: BenchWorkload, *, steps: int,
     return {
         **record, "status": "ok", "device": bench.device,
         "median_ms": 1e3 * median, "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times),
-        "tasks_per_s": workload.meta_batch / median,
+        "runs": getattr(bench, "runs", 1),  # runs in one program: each does a meta-batch a step
+        "tasks_per_s": getattr(bench, "runs", 1) * workload.meta_batch / median,
         "compile_s": compile_s, "setup_s": setup_s, "first_step_s": first_step_s,
         # the figure of merit: a 100-step run, compile (or the eager first step) included
         "run_100_s": (compile_s or 0.0) + first_step_s + 99 * median,

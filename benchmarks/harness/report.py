@@ -24,7 +24,8 @@ def _bytes(record: dict[str, Any]) -> str:
 
 def row(record: dict[str, Any]) -> list[str]:
     """One table row; skipped and failed implementations keep their reason."""
-    head = [record["title"], record["impl"]]
+    runs = record.get("runs", 1)
+    head = [record["title"], record["impl"] + (f" ({runs} runs in one program)" if runs > 1 else "")]
     if record["status"] != "ok":
         return head + [f"{record['status']}: {record.get('reason', '')}"] + [""] * (len(COLUMNS) - 3)
     flops = record.get("flops")

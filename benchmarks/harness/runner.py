@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from benchmarks.harness import environment, report
-from benchmarks.harness.jax_impls import JmamlBench, PlainJaxBench
+from benchmarks.harness.jax_impls import JmamlBench, JmamlRunsBench, PlainJaxBench
 from benchmarks.harness.measure import gradient_error, measure
 from benchmarks.harness.torch_impls import TorchFuncBench, TorchLoopBench
 from benchmarks.harness.workloads import BENCH_WORKLOADS, select
 
-IMPLS = {"jmaml": JmamlBench, "plain_jax": PlainJaxBench, "torch_loop": TorchLoopBench,
-         "torch_func": TorchFuncBench}
+IMPLS = {"jmaml": JmamlBench, "jmaml_runs": JmamlRunsBench, "plain_jax": PlainJaxBench,
+         "torch_loop": TorchLoopBench, "torch_func": TorchFuncBench}
 
 
 class UsageError(Exception):
