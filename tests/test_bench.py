@@ -253,17 +253,52 @@ def test_throughput_bad_counts(flag, capsys):
 
 
 def test_device_suite_quick_writes_json_and_markdown(tmp_path):
-    """``python -m benchmarks.device_suite --quick`` (restricted to jmaml's default and the time-to-accuracy
-    run, each in its own process) writes both result files with the runs' figures."""
-    proc = run_script("device_suite", "--quick", "--out", str(tmp_path), "--only", "jmaml default", "time to accuracy")
+    """``python -m benchmarks.device_suite --quick`` (restricted to jmaml's default, its highest-precision twin,
+    plain JAX and the time-to-accuracy run) writes both result files with the runs' figures; each run's
+    meta-gradient is compared with the references: plain JAX, written independently, agrees with jmaml."""
+    proc = run_script("device_suite", "--quick", "--out", str(tmp_path), "--only", "jmaml default", "plain_jax",
+                      "time to accuracy")
     assert proc.returncode == 0, proc.stderr[-2000:]
     (json_path,), (md_path,) = tmp_path.glob("*.json"), tmp_path.glob("*.md")
     assert json_path.stem == md_path.stem and json_path.stem.endswith("-cpu")
     data = json.loads(json_path.read_text())
-    assert {"jax", "commit", "xla_flags", "driver"} <= set(data["environment"])
-    step, tta = data["results"]
-    assert step["status"] == "ok" and step["median_ms"] > 0 and step["grad_rel_err"] == 0.0
+    assert {"jax", "commit", "xla_flags", "driver", "suite_wall_s"} <= set(data["environment"])
+    default, highest, plain, tta = data["results"]
+    assert [r["spec"]["variant"] for r in (default, highest, plain)] == [
+        "default", "default, matmul precision highest", "plain_jax"]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in (default, highest, plain))
+    # one process compiled the three programs: the record says so through its wall time, shared by all
+    assert default["process_wall_s"] == highest["process_wall_s"] == plain["process_wall_s"]
+    # on the CPU the matmul precision changes nothing: jmaml at highest equals jmaml's default
+    assert highest["grad_rel_err"] == 0.0 and highest["grad_err_vs_highest"] == 0.0
+    # plain JAX is another implementation of the same math (float32: ~1e-6, as test_bench's quick run)
+    assert 0.0 < plain["grad_rel_err"] < 1e-4 and plain["grad_err_vs_highest"] == plain["grad_rel_err"]
     assert tta["status"] == "ok" and [row["mark"] for row in tta["rows"]] == [0.5, 1.0, 2.0]
     assert all(row["seconds"] >= row["mark"] for row in tta["rows"])
     md = md_path.read_text()
     assert "| omniglot-5w1s | default |" in md and "## Time to accuracy: sinusoid (ok)" in md
+
+
+def test_device_suite_plan_fits_one_device_call(capsys):
+    """The full suite on a GPU: every benchmarked workload has jmaml's default, its highest-precision twin,
+    plain JAX, torch.func and each jmaml option that differs from the default there (``conv=xla`` is the
+    GPU's default, so it is not timed twice); the PyTorch loop and the XLA flag sets run on omniglot-5w1s
+    only; and the estimated time up to the time-to-accuracy run fits the 7-minute budget."""
+    from benchmarks import device_suite
+
+    groups = device_suite.plan(quick=False, gpu=True)
+    labels = [run["label"] for group in groups for run in group["runs"]]
+    assert len(labels) == len(set(labels))
+    for name in BENCHMARKED:
+        for variant in ("jmaml default", "jmaml default, matmul precision highest", "plain_jax plain_jax",
+                        "torch_func torch_func", "jmaml conv=im2col", "jmaml precision=bf16"):
+            assert f"{name} {variant}" in labels
+        assert f"{name} jmaml conv=xla" not in labels
+    assert [label for label in labels if "torch_loop" in label] == ["omniglot-5w1s torch_loop torch_loop"]
+    flagged = [g for g in groups if g.get("xla_flags")]
+    assert len(flagged) == len(device_suite.XLA_FLAG_SETS)
+    assert all(run["workload"] == "omniglot-5w1s" for g in flagged for run in g["runs"])
+    assert groups.index(flagged[-1]) < next(i for i, g in enumerate(groups) if g["kind"] == "tta")
+    must = device_suite.print_plan(groups, compile_threads=4, budget_s=device_suite.BUDGET_S)
+    assert must <= device_suite.BUDGET_S
+    assert "estimated on an H100/H200" in capsys.readouterr().out

@@ -30,10 +30,10 @@ def matmul(x: jax.Array, w: jax.Array, precision: Precision = "float32") -> jax.
     return jnp.matmul(lowered(x, precision), lowered(w, precision), preferred_element_type=_result_type(precision))
 
 
-def resolve_impl(impl: ConvImpl) -> str:
-    """``"auto"`` picks ``"im2col"`` on CPU and ``"xla"`` elsewhere."""
+def resolve_impl(impl: ConvImpl, backend: str | None = None) -> str:
+    """``"auto"`` picks ``"im2col"`` on CPU and ``"xla"`` elsewhere; ``backend`` defaults to JAX's."""
     if impl == "auto":
-        return "im2col" if jax.default_backend() == "cpu" else "xla"
+        return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
     return impl
 
 
