@@ -66,14 +66,14 @@ JMAML_OPTIONS = ("conv=xla", "conv=im2col", "precision=bf16", "unroll=full")
 REFERENCE_PRECISION = "highest"  # jax_default_matmul_precision of the gradient-agreement reference
 FLAGS_WORKLOAD = "omniglot-5w1s"
 # XLA GPU flags for a launch-bound step, each set in a process of its own: whole-step CUDA graphs (command
-# buffers that also take loops and conditionals, from a single kernel on; then with loops unrolled so that
-# their bodies join the graph), and autotuning off (what autotuning buys, and costs in compile time).
+# buffers that also take loops and conditionals, from a single kernel on; then with loops unrolled inside the
+# graph), and autotuning off (what autotuning buys, and costs in compile time). Each flag is one that jaxlib
+# 0.11.2's CUDA plugin knows (an unknown flag aborts the process: XLA_FLAGS parsed, 2026-12-07).
 _GRAPHS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL "
            "--xla_gpu_graph_min_graph_size=1")
 XLA_FLAG_SETS = {
     "whole-step CUDA graphs": _GRAPHS,
-    "whole-step CUDA graphs, loops unrolled": f"{_GRAPHS} "
-                                              "--xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL",
+    "whole-step CUDA graphs, loops unrolled": f"{_GRAPHS} --xla_gpu_command_buffer_unroll_loops=true",
     "autotune off": "--xla_gpu_autotune_level=0",
 }
 TTA = {"config": "omniglot-5w1s", "at": [10.0, 20.0, 30.0], "eval_tasks": 600, "set": []}
