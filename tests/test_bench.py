@@ -3,7 +3,7 @@ episodes, and every implementation computes the same math as jmaml.
 
 The same-math check runs in float64, leaf by leaf, where the implementations agree to about 1e-14:
 a padding, BatchNorm or update-rule difference shows up orders of magnitude above the tolerance.
-The PyTorch peers need torch: outside CI a missing torch skips those tests; under ``CI=true`` it
+The PyTorch peers need torch: outside CI a missing torch skips those tests; under CI it
 fails them (CI installs the CPU wheel through the ``test`` extra).
 """
 
@@ -20,6 +20,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from conftest import require_module
 
 from benchmarks.harness import runner, torch_impls
 from benchmarks.harness.measure import gradient_error, measure
@@ -34,12 +35,8 @@ TORCH_IMPLS = ("torch_loop", "torch_func")
 
 
 def require_torch():
-    """torch, or a skip outside CI; under ``CI=true`` a missing or broken torch is a failure."""
-    if os.environ.get("CI") == "true":
-        import torch  # noqa: F401  an ImportError here fails the test: CI must run the peers
-
-        return torch
-    return pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[test]')")
+    """torch, or a skip outside CI; under CI a missing torch is a failure (:func:`conftest.require_module`)."""
+    return require_module("torch", "pip install -e '.[test]'")
 
 
 @pytest.fixture(scope="module")

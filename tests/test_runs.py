@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import requirement_missing
 
 from jmaml.experiment import checkpoint, cli, runs
 from jmaml.experiment.assembly import build
@@ -162,7 +163,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
                       capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk path is untested on this machine")
+        requirement_missing("cannot mount a tmpfs here (needs root); the full-disk path is untested on this machine")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
