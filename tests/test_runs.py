@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import requirement_missing
 
+from jmaml.errors import JmamlError
 from jmaml.experiment import checkpoint, cli, runs
 from jmaml.experiment.assembly import build
 from jmaml.experiment.workloads import make_workload
@@ -236,6 +237,30 @@ def test_a_flipped_byte_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "checkpoint 10 in" in err
     assert "is corrupt" in err or "is damaged" in err
+
+
+def test_checksum_covers_every_value_path_and_dtype():
+    state = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.int32(4)}}
+    changed_value = {"a": state["a"].copy(), "b": state["b"]}
+    changed_value["a"][1, 2] = np.nextafter(np.float32(5), np.float32(6))  # the smallest change of one entry
+    assert checkpoint.checksum(state) == checkpoint.checksum(jax.tree.map(np.copy, state))
+    for other in (changed_value, {"a2": state["a"], "b": state["b"]}, {**state, "a": state["a"].astype(np.float64)}):
+        assert checkpoint.checksum(other) != checkpoint.checksum(state)
+
+
+def test_arrays_changed_behind_the_checksum_are_refused(tmp_path):
+    """A checkpoint whose arrays orbax reads without complaint (a valid save of other values, in place of the
+    saved ones) but whose checksum record is the original's: refused as corrupt, not restored."""
+    state = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "step": np.int32(7)}
+    checkpoint.save(str(tmp_path / "good"), 7, state)
+    checkpoint.save(str(tmp_path / "other"), 7, {**state, "w": state["w"] * 2})
+    restored, step = checkpoint.restore(str(tmp_path / "good"), state)
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    shutil.rmtree(tmp_path / "good" / "7" / "state")
+    shutil.copytree(tmp_path / "other" / "7" / "state", tmp_path / "good" / "7" / "state")
+    corrupt = r"^checkpoint 7 in .*good is corrupt: its arrays do not match the checksum saved with them"
+    with pytest.raises(JmamlError, match=corrupt):
+        checkpoint.restore(str(tmp_path / "good"), state)
 
 
 def test_a_program_too_large_for_memory_is_refused_before_running(capsys, tmp_path):
