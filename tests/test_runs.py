@@ -1,5 +1,6 @@
 """Runs that never lose work: exact resume, signals, divergence, one run per folder, clean failures."""
 
+import functools
 import json
 import os
 import shutil
@@ -9,13 +10,20 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import requirement_missing
+from family_helpers import mlp_apply, mlp_init
 
+from jmaml import losses, maml
+from jmaml.core.step import TrainState, init_state
+from jmaml.data import sinusoid
 from jmaml.errors import JmamlError
 from jmaml.experiment import checkpoint, cli, runs
 from jmaml.experiment.assembly import build
+from jmaml.experiment.loop import Diverged, Trainer
 from jmaml.experiment.workloads import make_workload
 
 # A small sinusoid run: fast steps, several chunks and checkpoints.
@@ -116,6 +124,47 @@ def test_divergence_stops_with_the_last_good_checkpoint(capsys, tmp_path):
     rows = [json.loads(line, parse_constant=pytest.fail) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == list(range(1, step + 1))  # the diverged step is logged, strict JSON
     assert not (run / "eval.json").exists()
+
+
+def trainer_on_sinusoid(optimizer: optax.GradientTransformation) -> tuple[Trainer, TrainState]:
+    """A tiny MAML learner on sinusoid tasks (x in R^1 through family_helpers' MLP), four meta-steps per dispatch,
+    and its initial state under ``optimizer``."""
+    learner = maml(mlp_apply, losses.mse, inner_lr=0.01, inner_steps=1)
+    sample = functools.partial(sinusoid.sample_tasks, meta_batch=2, shots=5, queries=5)
+    trainer = Trainer(learner, optimizer, lambda key, data: sample(key), None, steps_per_dispatch=4)
+    return trainer, init_state(learner, optimizer, mlp_init(0, d_in=1), jax.random.PRNGKey(0))
+
+
+def nan_update_at(step: int) -> optax.GradientTransformation:
+    """Passes updates through, except meta-step ``step``'s (1-based), which it makes NaN: the meta-parameters
+    are NaN after that step, so the meta-loss is first NaN at step ``step + 1``."""
+    def update(updates, count, params=None):
+        return jax.tree.map(lambda u: jnp.where(count + 1 == step, jnp.nan, u), updates), count + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+def test_divergence_inside_a_dispatch_names_its_step():
+    """Dispatches of 4 steps: the update of step 6 is NaN, so step 7's meta-loss is the first non-finite one,
+    the third row of the second dispatch (not its first or last step, nor the dispatch's own index)."""
+    trainer, state = trainer_on_sinusoid(optax.chain(optax.sgd(1e-3), nan_update_at(6)))
+    with pytest.raises(Diverged, match="^training diverged at step 7: ") as caught:
+        trainer.fit(state, 12)
+    assert caught.value.step == 7
+    assert np.isfinite(caught.value.metrics["meta_loss"]).tolist() == [True, True, False, False]
+
+
+def test_a_non_finite_optimizer_state_alone_stops_the_run():
+    """Adam's second moment is inf and everything else finite: Adam's update ``m / (sqrt(inf) + eps)`` is 0, so
+    the meta-parameters and every meta-loss stay finite, and only the optimizer state shows the divergence; the
+    dispatch's last step is named (the state is checked once per dispatch)."""
+    trainer, state = trainer_on_sinusoid(optax.adam(1e-3))
+    adam, rest = state.opt_state
+    state = state._replace(opt_state=(adam._replace(nu=jax.tree.map(lambda v: jnp.full_like(v, jnp.inf), adam.nu)),
+                                      rest))
+    with pytest.raises(Diverged) as caught:
+        trainer.fit(state, 8)
+    assert caught.value.step == 4 and np.isfinite(caught.value.metrics["meta_loss"]).all()
 
 
 def test_non_finite_rates_are_refused(capsys, tmp_path):
