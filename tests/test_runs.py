@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -342,14 +343,17 @@ def test_copy_of_a_run_folder_resumes(tmp_path):
 
 
 def test_relative_data_dir_survives_a_cd(capsys, tmp_path, monkeypatch, omniglot_dir, cache_home):
-    """--data-dir is stored absolute, so `jmaml eval` works from another folder."""
+    """--data-dir is stored absolute, so `jmaml eval` works from another folder. The folder may be reached
+    through a symbolic link (a checkout whose ../shared is one): the stored path is the working directory's
+    physical one, so it is compared as the same folder, not as the same string."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     monkeypatch.chdir(omniglot_dir.parent)
     run = tmp_path / "run"
     assert cli.main(["train", "omniglot-5w1s", "--out", str(run), "--data-dir", omniglot_dir.name, "--steps", "2",
                      "--set", "filters=4", "--set", "meta_batch=2", "--set", "log_every=2", "--set", "eval_tasks=4",
                      "--set", "eval_batch=4", "--set", "eval_max_steps=3", "--no-progress"]) == 0
-    assert json.loads((run / "config.json").read_text())["data_dir"] == str(omniglot_dir)
+    stored = Path(json.loads((run / "config.json").read_text())["data_dir"])
+    assert stored.is_absolute() and stored.resolve() == omniglot_dir.resolve(), stored
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert cli.main(["eval", str(run)]) == 0
