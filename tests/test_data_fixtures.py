@@ -1,4 +1,5 @@
-"""Where the tests find the real Omniglot data, and what they do without it (skip; fail under CI=true)."""
+"""Where the tests find the real Omniglot data, and what they do without it (skip; fail under CI: see
+conftest.under_ci), and the same guard for optional modules."""
 
 import re
 
