@@ -8,14 +8,18 @@ own, which the subprocesses inherit through the environment. It changes no resul
 one XLA compiled for the same program.
 """
 
+import importlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import jax
 import pytest
 
+CI_TRUE = ("true", "1", "yes")  # the values of $CI (any case) that mean "running under CI"
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 # made by the first pytest process of the session; its workers (pytest -n) and subprocesses inherit it
 _OWNS_CACHE = "JMAML_TESTS_XLA_CACHE" not in os.environ
@@ -33,6 +37,27 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
+def under_ci() -> bool:
+    """Whether the tests run under CI: ``$CI`` is true, 1 or yes, in any case (CI sets ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
+
+
+def requirement_missing(reason: str) -> NoReturn:
+    """Skips the calling test (or module) because ``reason``; under CI (:func:`under_ci`) fails it instead,
+    since CI installs everything the tests need and a skip there would hide a test that never ran."""
+    if under_ci():
+        pytest.fail(f"{reason} (required under CI={os.environ['CI']})", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    """``import name``, or :func:`requirement_missing` naming the ``pip install`` that brings it (``install``)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        requirement_missing(f"{name} cannot be imported ({err}): {install}")
+
+
 def _find_omniglot() -> tuple[Path | None, list[Path]]:
     """The first folder holding both packed files, among ``$JMAML_DATA_DIR`` (itself or its ``omniglot/``)
     and ``<checkout>/../shared/data/omniglot``; and the places looked at."""
@@ -48,15 +73,13 @@ def _find_omniglot() -> tuple[Path | None, list[Path]]:
 
 
 def require_omniglot() -> Path:
-    """The real Omniglot folder; missing data skips the calling test, except under ``CI=true``, where it fails."""
+    """The real Omniglot folder; missing data is :func:`requirement_missing` (a skip, a failure under CI)."""
     folder, looked = _find_omniglot()
     if folder is None:
         msg = ("real Omniglot data not found (looked in " + ", ".join(map(str, looked)) + "): put "
                "background.npz and evaluation.npz in ../shared/data/omniglot beside the checkout, or point "
                "JMAML_DATA_DIR at a folder holding them (or holding omniglot/ with them)")
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        requirement_missing(msg)
     return folder
 
 

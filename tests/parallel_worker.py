@@ -4,6 +4,9 @@ the meta-loss trajectory, the parameters and the shardings it saw to an ``.npz``
 Usage: ``python tests/parallel_worker.py WORKLOAD OUT.npz [--steps N] [--meta-chunks C]
 [--coordinator HOST:PORT --num-processes N --process-id I]``. The device count comes from the
 environment (``JAX_NUM_CPU_DEVICES``), set by the parent before this process imports jax.
+
+``python tests/parallel_worker.py jmaml OUT.json ARGS...`` runs the ``jmaml`` command (``cli.main(ARGS)``) in
+this process instead and records the sharding of the tasks its compiled programs sample (:func:`spied_command`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -60,7 +65,41 @@ def sharding_info(shardings: list) -> list:
     return sorted({(str(s.spec), len(s.device_set)) for s in shardings})
 
 
+def spied_command(out: str, argv: list[str]) -> None:
+    """Runs ``jmaml ARGV`` (``cli.main``, whose exit status this process ends with) and writes ``{"train",
+    "test"}`` to ``out``: for the tasks sampled inside the Trainer's dispatches (the sampler handed to
+    ``loop.make_train_step``) and inside the meta-test (the one handed to ``run.meta_test``), each distinct
+    ``[spec, devices, tasks per device, tasks]`` of the support set's sharding as XLA placed it."""
+    import jax
+
+    from jmaml.experiment import cli, loop, run
+
+    seen = {"train": set(), "test": set()}
+
+    def spied(sample_tasks, where: str):
+        def sample(key, data):
+            tasks = sample_tasks(key, data)
+            shape = tasks.x_support.shape
+            jax.debug.inspect_array_sharding(tasks.x_support, callback=lambda s: seen[where].add(
+                (str(getattr(s, "spec", type(s).__name__)), len(s.device_set), s.shard_shape(shape)[0], shape[0])))
+            return tasks
+
+        return sample
+
+    make_train_step, meta_test = loop.make_train_step, run.meta_test
+    loop.make_train_step = lambda learner, optimizer, sample_tasks, **kwargs: make_train_step(
+        learner, optimizer, spied(sample_tasks, "train"), **kwargs)
+    run.meta_test = lambda learner, meta_params, sample_tasks, *args, **kwargs: meta_test(
+        learner, meta_params, spied(sample_tasks, "test"), *args, **kwargs)
+    code = cli.main(argv)
+    Path(out).write_text(json.dumps({k: sorted(v) for k, v in seen.items()}))
+    sys.exit(code)
+
+
 def main() -> None:
+    if sys.argv[1] == "jmaml":
+        spied_command(sys.argv[2], sys.argv[3:])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("workload", choices=("sinusoid", "omniglot"))
     parser.add_argument("out")

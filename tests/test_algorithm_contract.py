@@ -2,8 +2,8 @@
 
 For each algorithm, built from the sinusoid config with ``algorithm=NAME``:
 
-- ``train`` runs a few meta-steps and the meta-test, to values in bounds measured on the family;
-
+- ``train`` runs a few meta-steps and the meta-test, in which every inner step lowers the query loss (and
+  in meta-training, except for the pretrain baseline, which has no inner step there);
 - one meta-training step moves its meta-loss as Adam's first step along its meta-gradient predicts,
   with the loss's slope along that step taken by a float64 central finite difference; where the
   learner is second order (``first_order`` False: its meta-gradient is the gradient of its
@@ -11,9 +11,11 @@ For each algorithm, built from the sinusoid config with ``algorithm=NAME``:
 - every config key its factory declares (read from the signature) reaches it by value: a config
   with another value of the key hands the factory that value, and the learner built from it
   computes something else than the default's (a key that only shapes the program, as ``unroll``,
-  changes the traced program instead).
+  changes the traced program instead);
+- where it anneals the derivative order (declares ``first_order_steps``), the host loop that runs a
+  config (``Trainer``) switches from first to second order at that step, inside a dispatch.
 
-A toy algorithm that ignores one of its declared keys fails the second check.
+A toy algorithm that ignores one of its declared keys fails the key check.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from jmaml.core.inner import INNER_OPTIMIZERS
 from jmaml.core.step import init_state, make_train_step
 from jmaml.experiment import build, get_config, learner_from_config, make_workload, train
 from jmaml.experiment.configs import Config, algorithm_keys
+from jmaml.experiment.loop import Trainer
 
 TASKS = random_tasks(1, tasks=4, support=5, query=7)
 KEY = jax.random.PRNGKey(5)
@@ -127,6 +130,30 @@ def test_an_algorithm_that_ignores_a_declared_key_fails_the_contract(x64, monkey
         check_keys_reach("broken", monkeypatch)
 
 
+ANNEALED = [name for name in ALGORITHMS if "first_order_steps" in algorithm_keys(name)]
+
+
+@pytest.mark.parametrize("algorithm", ANNEALED)
+def test_the_host_loop_switches_derivative_order_at_first_order_steps(x64, algorithm):
+    """``first_order_steps`` reaches what a run computes, not only the learner: the host loop (``Trainer``, one
+    dispatch of up to 4 steps) trains 4 meta-steps from a config whose annealing ends at STEP as training step
+    by step with each step's learner (``at_step(t)``: first order before STEP, second order from it) does. A
+    loop that trained the whole dispatch in the phase it started in would differ from step STEP on."""
+    cfg = get_config("sinusoid", {"algorithm": algorithm, **base_overrides(algorithm)})
+    learner = learner_from_config(cfg, mlp_apply, mse)
+    optimizer = build(cfg, make_workload(cfg)).optimizer
+    steps = 2 * STEP  # as many steps in each phase
+    looped = Trainer(learner, optimizer, lambda key, data: TASKS, None, steps_per_dispatch=steps).fit(
+        init_state(learner, optimizer, mlp_init(0), jnp.copy(KEY)), steps)  # the loop donates its state
+    expected = init_state(learner, optimizer, mlp_init(0), KEY)
+    phases = [learner.at_step(t) for t in range(steps)]  # one object per phase
+    train_steps = {phase: jax.jit(make_train_step(phase, optimizer)) for phase in phases}
+    for phase in phases:
+        expected = train_steps[phase](expected, TASKS, None)[0]
+    assert int(looped.step) == steps
+    np.testing.assert_allclose(ravel(looped.meta_params), ravel(expected.meta_params), rtol=1e-10, atol=1e-14)
+
+
 def slope(fn, x: np.ndarray, direction: np.ndarray, eps: float = 1e-5) -> float:
     """Central finite difference of ``fn`` at ``x`` along ``direction`` (float64)."""
     return (fn(x + eps * direction) - fn(x - eps * direction)) / (2 * eps)
@@ -168,17 +195,16 @@ def test_every_algorithm_trains_and_evaluates_on_sinusoid(tmp_path, algorithm):
                                   "eval_tasks": 20, "eval_max_steps": 2, **annealing})
     result = train(cfg, str(tmp_path / algorithm), progress=False)
     assert result["tasks"] == 20 and len(result["per_step"]) == 3
-    # Bounds from one measured run of all eight (float32, XLA:CPU): before adaptation 12.07 to 12.32 (four
-    # meta-steps barely move the initialisation), after one inner step 0.48 to 0.54 of that, after two lower still;
-    # allowed: 12.0 to 12.4, 0.44 to 0.58.
+    # Four meta-steps barely move the initialisation, so no band on the values (what training reaches is bounded
+    # in test_cli.test_train_then_eval_sinusoid, the learners' numbers are checked above in float64): each inner
+    # step on the support set lowers the loss on the query set (drawn from the same sine), at meta-test and in
+    # meta-training, which a skipped or misdirected inner step would not (ratio 1, or above it)
     before, one, two = result["per_step"]
-    assert 12.0 < before < 12.4 and 0.44 < one / before < 0.58 and two < one, result["per_step"]
-    # meta-training adapts (query loss after the inner loop, measured 0.41 to 0.48 of before) except pretrain,
-    # whose training objective is the loss at the shared parameters
+    assert two < one < before, result["per_step"]
     rows = [json.loads(line) for line in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
+    for row in rows:  # pretrain's training objective is the loss at the shared parameters: no inner step
         ratio = row["query_loss"] / row["query_loss_before"]
-        assert ratio == 1.0 if algorithm == "pretrain" else 0.35 < ratio < 0.55, row
+        assert ratio == 1.0 if algorithm == "pretrain" else ratio < 1.0, row
 
 
 def test_registry_and_options_come_from_the_factories():

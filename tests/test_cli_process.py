@@ -9,16 +9,20 @@ from pathlib import Path
 
 import jax
 import pytest
+from conftest import require_module, requirement_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "jmaml"
-LAUNCHERS = [pytest.param([sys.executable, "-m", "jmaml"], id="python-m-jmaml")]
-if SCRIPT.is_file():
-    LAUNCHERS.append(pytest.param([str(SCRIPT)], id="jmaml-script"))
+WORKER = ROOT / "tests" / "parallel_worker.py"
+# the script's cases are always collected: without the script they skip, and fail under CI (see run)
+LAUNCHERS = [pytest.param([sys.executable, "-m", "jmaml"], id="python-m-jmaml"),
+             pytest.param([str(SCRIPT)], id="jmaml-script")]
 
 
 def run(launcher, *args, cwd, env=None):
     """Runs the command with this checkout's ``jmaml`` first on the path; returns (code, stdout, stderr)."""
+    if launcher == [str(SCRIPT)] and not SCRIPT.is_file():
+        requirement_missing(f"the jmaml script is not installed beside {sys.executable} (pip install -e .)")
     path = [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -68,7 +72,7 @@ def test_eval_of_the_run(trained):
 
 
 def test_plot_of_the_run(trained):
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib", "pip install -e '.[plot]'")
     where, code, _, _ = trained
     assert code == 0
     code, out, err = run(LAUNCHERS[0].values[0], "plot", "run", "--out", "curves.png", cwd=where)
@@ -99,13 +103,19 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, launcher, args, message
 
 def test_run_folder_records_where_each_start_ran(tmp_path):
     """A run started on 4 simulated CPU devices and resumed on 1 keeps both starts in run.json, each with its
-    device count, and the console's first line says where it trains."""
+    device count, and the console's first line says where it trains. The 4-device start is the command run by
+    tests/parallel_worker.py, which records how XLA placed the tasks sampled inside the compiled programs: in
+    the training dispatches and the meta-test each device holds a quarter of the 4 tasks, not all of them."""
     tiny = ["--no-progress", "--set", "hidden=4", "--set", "meta_batch=4", "--set", "eval_tasks=4",
             "--set", "eval_batch=4", "--set", "eval_max_steps=1", "--set", "log_every=2"]
-    code, out, err = run(LAUNCHERS[0].values[0], "train", "sinusoid", "--steps", "2", "--out", "run", *tiny,
-                         cwd=tmp_path, env={"JAX_NUM_CPU_DEVICES": "4", "JAX_PLATFORMS": "cpu"})
+    spy = [sys.executable, str(WORKER), "jmaml", str(tmp_path / "shardings.json")]
+    # no compilation cache: a cached program would not call the worker's sharding callbacks
+    code, out, err = run(spy, "train", "sinusoid", "--steps", "2", "--out", "run", *tiny, cwd=tmp_path,
+                         env={"JAX_NUM_CPU_DEVICES": "4", "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": ""})
     assert code == 0, err
     assert out.splitlines()[0] == f"training on 4 cpu devices in 1 process, jax {jax.__version__}"
+    shardings = json.loads((tmp_path / "shardings.json").read_text())
+    assert shardings["train"] == shardings["test"] == [["P('tasks',)", 4, 1, 4]], shardings
     code, out, err = run(LAUNCHERS[0].values[0], "resume", "run", "--steps", "4", "--no-progress", cwd=tmp_path,
                          env={"JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"})
     assert code == 0, err

@@ -1,4 +1,7 @@
-"""Where the tests find the real Omniglot data, and what they do without it (skip; fail under CI=true)."""
+"""Where the tests find the real Omniglot data, and what they do without it (skip; fail under CI: see
+conftest.under_ci), and the same guard for optional modules."""
+
+import re
 
 import conftest
 import numpy as np
@@ -11,17 +14,39 @@ def no_shared_data(tmp_path, monkeypatch):
     monkeypatch.setenv("JMAML_DATA_DIR", str(tmp_path / "empty"))
 
 
-def test_missing_data_skips_with_where_to_put_it(no_shared_data, monkeypatch):
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match=r"put background\.npz and evaluation\.npz in "
-                                                    r"\.\./shared/data/omniglot .* JMAML_DATA_DIR"):
-        conftest.require_omniglot()
+SKIP, FAIL = pytest.skip.Exception, pytest.fail.Exception
 
 
-def test_missing_data_fails_under_ci(no_shared_data, monkeypatch):
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="real Omniglot data not found"):
-        conftest.require_omniglot()
+def outcome(check, *args) -> tuple[type, str]:
+    """What ``check(*args)`` ends the calling test with, skip or fail, and its message (caught here, so that a skip
+    where a failure is expected fails this test instead of skipping it)."""
+    try:
+        check(*args)
+    except (SKIP, FAIL) as err:
+        return type(err), str(err)
+    raise AssertionError(f"{check.__name__} neither skipped nor failed")
+
+
+@pytest.mark.parametrize("ci, expected", [(None, SKIP), ("", SKIP), ("false", SKIP), ("0", SKIP), ("no", SKIP),
+                                          ("true", FAIL), ("TRUE", FAIL), ("1", FAIL), ("yes", FAIL), (" Yes ", FAIL)])
+def test_missing_data_skips_outside_ci_and_fails_under_it(no_shared_data, monkeypatch, ci, expected):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    kind, message = outcome(conftest.require_omniglot)
+    assert kind is expected
+    assert re.search(r"^real Omniglot data not found .* put background\.npz and evaluation\.npz in "
+                     r"\.\./shared/data/omniglot .* JMAML_DATA_DIR", message), message
+
+
+@pytest.mark.parametrize("ci, expected", [("", SKIP), ("1", FAIL)])
+def test_a_missing_module_skips_outside_ci_and_fails_under_it(monkeypatch, ci, expected):
+    """The one guard every optional requirement goes through (torch, sphinx, matplotlib, the notebooks' kernel)."""
+    monkeypatch.setenv("CI", ci)
+    kind, message = outcome(conftest.require_module, "jmaml_no_such_module", "pip x")
+    assert kind is expected
+    assert re.match(r"jmaml_no_such_module cannot be imported \(No module named .*\): pip x", message), message
 
 
 @pytest.mark.parametrize("level", ["root", "omniglot folder"])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_module
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -78,8 +79,7 @@ def test_markdown_tables_in_docstrings_become_list_tables():
 
 
 def test_sphinx_build_passes_with_warnings_as_errors(tmp_path):
-    if os.environ.get("CI", "").lower() != "true":  # CI installs the test extra: sphinx must be there
-        pytest.importorskip("sphinx")
+    require_module("sphinx", "pip install -e '.[test]'")  # CI installs the test extra: sphinx must be there
     out = tmp_path / "html"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",

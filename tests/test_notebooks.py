@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_module, require_omniglot
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
-
-from conftest import require_omniglot  # noqa: E402
+nbformat = require_module("nbformat", "pip install -e '.[notebooks]'")
+nbclient = require_module("nbclient", "pip install -e '.[notebooks]'")
+require_module("ipykernel", "pip install -e '.[notebooks]'")
+require_module("matplotlib", "pip install -e '.[notebooks]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "examples").glob("*.ipynb"))

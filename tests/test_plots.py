@@ -6,12 +6,13 @@ import shutil
 import sys
 
 import pytest
+from conftest import require_module
 from PIL import Image
 
 from jmaml.errors import JmamlError
 from jmaml.experiment import plots
 
-pytest.importorskip("matplotlib")
+require_module("matplotlib", "pip install -e '.[plot]'")
 
 
 @pytest.fixture(scope="module")

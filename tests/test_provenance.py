@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import requirement_missing
 
 from jmaml.experiment import provenance
 
@@ -21,7 +22,7 @@ def _git(cwd: Path, *args: str) -> str:
 @pytest.fixture
 def repo(tmp_path) -> Path:
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        requirement_missing("git is not installed")
     _git(tmp_path, "init", "-q", "-b", "main")
     (tmp_path / "a").write_text("a")
     _git(tmp_path, "add", "a")
@@ -56,5 +57,5 @@ def test_not_a_checkout(tmp_path):
 
 def test_this_checkout():
     if not (ROOT / ".git").exists():
-        pytest.skip("not run from a git checkout")
+        requirement_missing("not run from a git checkout")
     assert provenance.git_commit() == _git(ROOT, "rev-parse", "--short=12", "HEAD")

@@ -1,5 +1,6 @@
 """Runs that never lose work: exact resume, signals, divergence, one run per folder, clean failures."""
 
+import functools
 import json
 import os
 import shutil
@@ -7,13 +8,23 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from conftest import requirement_missing
+from family_helpers import mlp_apply, mlp_init
 
+from jmaml import losses, maml
+from jmaml.core.step import TrainState, init_state
+from jmaml.data import sinusoid
+from jmaml.errors import JmamlError
 from jmaml.experiment import checkpoint, cli, runs
 from jmaml.experiment.assembly import build
+from jmaml.experiment.loop import Diverged, Trainer
 from jmaml.experiment.workloads import make_workload
 
 # A small sinusoid run: fast steps, several chunks and checkpoints.
@@ -116,6 +127,47 @@ def test_divergence_stops_with_the_last_good_checkpoint(capsys, tmp_path):
     assert not (run / "eval.json").exists()
 
 
+def trainer_on_sinusoid(optimizer: optax.GradientTransformation) -> tuple[Trainer, TrainState]:
+    """A tiny MAML learner on sinusoid tasks (x in R^1 through family_helpers' MLP), four meta-steps per dispatch,
+    and its initial state under ``optimizer``."""
+    learner = maml(mlp_apply, losses.mse, inner_lr=0.01, inner_steps=1)
+    sample = functools.partial(sinusoid.sample_tasks, meta_batch=2, shots=5, queries=5)
+    trainer = Trainer(learner, optimizer, lambda key, data: sample(key), None, steps_per_dispatch=4)
+    return trainer, init_state(learner, optimizer, mlp_init(0, d_in=1), jax.random.PRNGKey(0))
+
+
+def nan_update_at(step: int) -> optax.GradientTransformation:
+    """Passes updates through, except meta-step ``step``'s (1-based), which it makes NaN: the meta-parameters
+    are NaN after that step, so the meta-loss is first NaN at step ``step + 1``."""
+    def update(updates, count, params=None):
+        return jax.tree.map(lambda u: jnp.where(count + 1 == step, jnp.nan, u), updates), count + 1
+
+    return optax.GradientTransformation(lambda params: jnp.zeros((), jnp.int32), update)
+
+
+def test_divergence_inside_a_dispatch_names_its_step():
+    """Dispatches of 4 steps: the update of step 6 is NaN, so step 7's meta-loss is the first non-finite one,
+    the third row of the second dispatch (not its first or last step, nor the dispatch's own index)."""
+    trainer, state = trainer_on_sinusoid(optax.chain(optax.sgd(1e-3), nan_update_at(6)))
+    with pytest.raises(Diverged, match="^training diverged at step 7: ") as caught:
+        trainer.fit(state, 12)
+    assert caught.value.step == 7
+    assert np.isfinite(caught.value.metrics["meta_loss"]).tolist() == [True, True, False, False]
+
+
+def test_a_non_finite_optimizer_state_alone_stops_the_run():
+    """Adam's second moment is inf and everything else finite: Adam's update ``m / (sqrt(inf) + eps)`` is 0, so
+    the meta-parameters and every meta-loss stay finite, and only the optimizer state shows the divergence; the
+    dispatch's last step is named (the state is checked once per dispatch)."""
+    trainer, state = trainer_on_sinusoid(optax.adam(1e-3))
+    adam, rest = state.opt_state
+    state = state._replace(opt_state=(adam._replace(nu=jax.tree.map(lambda v: jnp.full_like(v, jnp.inf), adam.nu)),
+                                      rest))
+    with pytest.raises(Diverged) as caught:
+        trainer.fit(state, 8)
+    assert caught.value.step == 4 and np.isfinite(caught.value.metrics["meta_loss"]).all()
+
+
 def test_non_finite_rates_are_refused(capsys, tmp_path):
     code = cli.main(["train", "sinusoid", "--out", str(tmp_path / "run"), "--set", "inner_lr=inf"])
     assert code == 2 and "inner_lr must be a finite number, got inf" in capsys.readouterr().err
@@ -162,7 +214,7 @@ def small_disk(tmp_path):
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
                       capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk path is untested on this machine")
+        requirement_missing("cannot mount a tmpfs here (needs root); the full-disk path is untested on this machine")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
@@ -237,6 +289,30 @@ def test_a_flipped_byte_is_refused(capsys, tmp_path):
     assert "is corrupt" in err or "is damaged" in err
 
 
+def test_checksum_covers_every_value_path_and_dtype():
+    state = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.int32(4)}}
+    changed_value = {"a": state["a"].copy(), "b": state["b"]}
+    changed_value["a"][1, 2] = np.nextafter(np.float32(5), np.float32(6))  # the smallest change of one entry
+    assert checkpoint.checksum(state) == checkpoint.checksum(jax.tree.map(np.copy, state))
+    for other in (changed_value, {"a2": state["a"], "b": state["b"]}, {**state, "a": state["a"].astype(np.float64)}):
+        assert checkpoint.checksum(other) != checkpoint.checksum(state)
+
+
+def test_arrays_changed_behind_the_checksum_are_refused(tmp_path):
+    """A checkpoint whose arrays orbax reads without complaint (a valid save of other values, in place of the
+    saved ones) but whose checksum record is the original's: refused as corrupt, not restored."""
+    state = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "step": np.int32(7)}
+    checkpoint.save(str(tmp_path / "good"), 7, state)
+    checkpoint.save(str(tmp_path / "other"), 7, {**state, "w": state["w"] * 2})
+    restored, step = checkpoint.restore(str(tmp_path / "good"), state)
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    shutil.rmtree(tmp_path / "good" / "7" / "state")
+    shutil.copytree(tmp_path / "other" / "7" / "state", tmp_path / "good" / "7" / "state")
+    corrupt = r"^checkpoint 7 in .*good is corrupt: its arrays do not match the checksum saved with them"
+    with pytest.raises(JmamlError, match=corrupt):
+        checkpoint.restore(str(tmp_path / "good"), state)
+
+
 def test_a_program_too_large_for_memory_is_refused_before_running(capsys, tmp_path):
     code = cli.main(["train", "sinusoid", "--out", str(tmp_path / "run"), "--set", "hidden=60000,60000"])
     err = capsys.readouterr().err
@@ -267,14 +343,17 @@ def test_copy_of_a_run_folder_resumes(tmp_path):
 
 
 def test_relative_data_dir_survives_a_cd(capsys, tmp_path, monkeypatch, omniglot_dir, cache_home):
-    """--data-dir is stored absolute, so `jmaml eval` works from another folder."""
+    """--data-dir is stored absolute, so `jmaml eval` works from another folder. The folder may be reached
+    through a symbolic link (a checkout whose ../shared is one): the stored path is the working directory's
+    physical one, so it is compared as the same folder, not as the same string."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     monkeypatch.chdir(omniglot_dir.parent)
     run = tmp_path / "run"
     assert cli.main(["train", "omniglot-5w1s", "--out", str(run), "--data-dir", omniglot_dir.name, "--steps", "2",
                      "--set", "filters=4", "--set", "meta_batch=2", "--set", "log_every=2", "--set", "eval_tasks=4",
                      "--set", "eval_batch=4", "--set", "eval_max_steps=3", "--no-progress"]) == 0
-    assert json.loads((run / "config.json").read_text())["data_dir"] == str(omniglot_dir)
+    stored = Path(json.loads((run / "config.json").read_text())["data_dir"])
+    assert stored.is_absolute() and stored.resolve() == omniglot_dir.resolve(), stored
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert cli.main(["eval", str(run)]) == 0
