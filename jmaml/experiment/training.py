@@ -104,6 +104,7 @@ def summarize(cfgs: Sequence[Config], names: Sequence[str], results: Sequence[di
         done = [i for i in members if results[i] is not None]
         means = np.array([results[i]["mean"] for i in done], np.float64)
         mean, ci95 = mean_ci95(means) if done else (None, None)
+        ci95 = ci95 if len(done) > 1 else None  # no interval from one seed
         rows.append({"setting": name, "runs": [names[i] for i in done], "seeds": [cfgs[i].seed for i in done],
                      "mean": mean, "std": float(means.std(ddof=1)) if len(done) > 1 else None, "ci95": ci95,
                      "meta_test_ci95": float(np.mean([results[i]["ci95"] for i in done])) if done else None})
