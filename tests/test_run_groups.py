@@ -44,7 +44,7 @@ def losses(run):
 # MAML++: its host-side switch from first to second order at step 6, its multi-step loss annealed over 5 steps
 MAML_PP = ["train", "sinusoid", "--steps", "12", "--set", "algorithm=maml_pp", "--set", "inner_steps=2",
            "--set", "msl_anneal_steps=5", "--set", "first_order_steps=6", "--set", "log_every=2",
-           "--set", "checkpoint_every=2", *TINY]
+           "--set", "checkpoint_every=6", *TINY]
 
 
 def train_alone(tmp_path, seed, **values):
@@ -91,7 +91,8 @@ def test_a_diverging_run_stops_alone(tmp_path, capsys, monkeypatch):
     good checkpoint (step 2) and gets no meta-test; the other run of the group trains to the end as it does alone
     (float32: to rounding)."""
     monkeypatch.setattr(training, "_plot", lambda path: None)
-    code = cli.main([*MAML_PP, "--seeds", "0", "--sweep", "meta_lr=0.001,0.5", "--out", str(tmp_path / "group")])
+    code = cli.main([*MAML_PP, "--set", "checkpoint_every=2", "--seeds", "0", "--sweep", "meta_lr=0.001,0.5",
+                     "--out", str(tmp_path / "group")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_FAILED
     (line,) = err.splitlines()
@@ -105,10 +106,15 @@ def test_a_diverging_run_stops_alone(tmp_path, capsys, monkeypatch):
     assert list(summary["failed"]) == ["meta_lr=0.5,seed=0"]
     assert [(row["setting"], row["runs"]) for row in summary["settings"]] == [
         ("meta_lr=0.001", ["meta_lr=0.001,seed=0"]), ("meta_lr=0.5", [])]
-    alone = train_alone(tmp_path, 0, meta_lr="0.001")
+    alone = train_alone(tmp_path, 0, meta_lr="0.001", checkpoint_every=2)
     (a, step_a), (b, step_b) = final_state(alone), final_state(good)
     assert step_a == step_b == 12 and (good / "eval.json").exists()
     assert_same_states(a, b, rtol=1e-5, atol=1e-7)
+
+    # resumed for more steps, the group trains the other run on; the diverged one stays stopped, named again
+    assert cli.main(["resume", str(tmp_path / "group"), "--steps", "14", "--no-progress"]) == cli.EXIT_FAILED
+    assert capsys.readouterr().err == err
+    assert saved_steps(good)[-1] == 14 and saved_steps(failed) == [2] and losses(failed)[-1][0] == 3
 
 
 GROUP = ["train", "sinusoid", "--seeds", "0-3", "--sweep", "inner_lr=0.01,0.02", "--steps", "400",
