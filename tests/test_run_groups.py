@@ -58,7 +58,8 @@ def train_alone(tmp_path, seed, **values):
 @pytest.mark.usefixtures("x64")
 def test_each_run_of_a_group_equals_the_run_alone(tmp_path, capsys, monkeypatch):
     """float64 (sinusoid follows JAX's default float type), MAML++: every run of a 2 seeds x 2 meta_lr x 2 inner_lr
-    group ends where it ends trained alone, with the same config, log and meta-test."""
+    group ends where it ends trained alone (checked for the last run, whose seed and rates all differ from the
+    first's), with the same config, log and meta-test."""
     monkeypatch.setattr(training, "_plot", lambda path: None)  # curves.png: not what this test checks
     code = cli.main([*MAML_PP, "--seeds", "0-1", "--sweep", "meta_lr=0.001,0.003", "--sweep", "inner_lr=0.01,0.03",
                      "--out", str(tmp_path / "group")])
@@ -71,7 +72,7 @@ def test_each_run_of_a_group_equals_the_run_alone(tmp_path, capsys, monkeypatch)
     assert [(row["setting"], row["seeds"]) for row in summary["settings"]] == [
         (f"inner_lr={lr},meta_lr={mlr}", [0, 1]) for mlr in ("0.001", "0.003") for lr in ("0.01", "0.03")]
     assert "inner_lr=0.03,meta_lr=0.003      2" in out
-    for seed, meta_lr, inner_lr in ((1, "0.003", "0.03"), (0, "0.001", "0.01")):
+    for seed, meta_lr, inner_lr in ((1, "0.003", "0.03"),):  # the last run: every value its own (one compile)
         alone = train_alone(tmp_path, seed, meta_lr=meta_lr, inner_lr=inner_lr)
         together = tmp_path / "group" / f"inner_lr={inner_lr},meta_lr={meta_lr},seed={seed}"
         assert runs.load_config(str(alone)) == runs.load_config(str(together))
