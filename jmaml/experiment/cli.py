@@ -1,7 +1,8 @@
 """The ``jmaml`` command: ``jmaml train | resume | eval | plot``.
 
 Exit status: 0 done; 1 the run failed after it started (divergence, a failed checkpoint
-write: the message says what is intact); 2 bad input (one ``error:`` line, nothing changed);
+write: the message says what is intact; in a group, one ``error:`` line per run that diverged, once the
+others have finished); 2 bad input (one ``error:`` line, nothing changed);
 3 stopped by SIGINT or SIGTERM after saving a checkpoint (continue with ``jmaml resume DIR``);
 130 interrupted before training started (nothing saved).
 """
@@ -20,7 +21,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jmaml.experiment.configs import CONFIGS
+    from jmaml.experiment.configs import CONFIGS, SWEEP_KEYS
 
     parser = argparse.ArgumentParser(prog="jmaml", description="MAML-family meta-learning in JAX.",
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -38,8 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                             "--out, and group.json, the meta-test over seeds")
     train.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                        help="train every value in one program, e.g. --sweep inner_lr=0.1,0.4 (repeatable: a grid, "
-                            "times every seed of --seeds); keys that can be swept: "
-                            "inner_lr, meta_lr, proximal_lambda, seed")
+                            f"times every seed of --seeds); keys that can be swept: {', '.join(SWEEP_KEYS)}")
     train.add_argument("--data-dir", help="data folder (default: $JMAML_DATA_DIR or the user cache)")
     train.add_argument("--no-download", action="store_true",
                        help="never download data; fail if it is not in the data folder")

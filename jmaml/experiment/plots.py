@@ -316,6 +316,10 @@ def figure(loaded: Sequence[Run]) -> Figure:
     handles += [Line2D([], [], color="grey", linestyle="-", label="query: after adaptation"),
                 Line2D([], [], color="grey", linestyle="--", label="query: before adaptation"),
                 Line2D([], [], color="grey", marker="o", linestyle="", label="meta-test: config's test_steps")]
+    if any("meta_loss_spread" in m for run in loaded for m in run.metrics):  # runs from seed_bands
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="grey", alpha=0.2, label="band: curves +- std over seeds, meta-test 95% over seeds"))
     legend_ax.legend(handles=handles, loc="center", fontsize="small", frameon=False)
     return fig
 

@@ -348,7 +348,8 @@ class Run:
         The training pool is freed first when training is over.
         """
         state = self.state if state is None else state
-        if int(np.min(np.asarray(state.step))) >= self.cfg.steps:
+        steps = np.asarray(state.step) if self.group is None else np.asarray(state.step)[self.group.active]
+        if steps.size and int(steps.min()) >= self.cfg.steps:  # of a group: its runs that did not diverge
             self.trainer.data = None  # the training pool (host memory on the CPU) before the meta-test
         if self.group is None:
             return self._meta_test(self.cfg, self.setup, state, overrides)
