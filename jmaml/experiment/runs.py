@@ -88,6 +88,8 @@ def claim_group(path: str, *, resume: bool) -> bool:
     if not resume and has:
         raise JmamlError(f"{path} already holds a group of runs ({GROUP} exists): resume it with "
                          "`jmaml resume DIR`, pass another --out, or delete that folder first")
+    if os.path.isfile(os.path.join(path, CONFIG)):
+        raise JmamlError(f"{path} holds a single run ({CONFIG} exists), not a group: pass another --out")
     created = not os.path.exists(path)
     try:
         os.makedirs(path, exist_ok=True)
