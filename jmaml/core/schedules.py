@@ -66,7 +66,9 @@ def meta_lr_schedule(meta_lr: float, steps: int, schedule: str = "constant", *,
     if schedule == "constant":
         return optax.constant_schedule(meta_lr)
     if schedule == "cosine":
-        return optax.cosine_decay_schedule(meta_lr, steps, alpha=min(min_lr / meta_lr, 1.0))
+        ratio = min_lr / meta_lr  # traced for one run of a group (jmaml.core.runs): no Python value to compare
+        alpha = jnp.minimum(ratio, 1.0) if isinstance(ratio, jax.core.Tracer) else min(ratio, 1.0)
+        return optax.cosine_decay_schedule(meta_lr, steps, alpha=alpha)
     raise JmamlError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 

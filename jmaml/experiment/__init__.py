@@ -21,14 +21,14 @@ from typing import Any
 
 # name -> the module of this package that defines it
 _PUBLIC = {
-    "prepare": "run", "Run": "run", "RunFailed": "run", "Stopped": "run",
+    "prepare": "run", "prepare_group": "run", "Run": "run", "RunGroup": "run", "RunFailed": "run", "Stopped": "run",
     "CONFIGS": "configs", "Config": "configs", "get_config": "configs", "parse_overrides": "configs",
     "validate": "configs",
     "build": "assembly", "Setup": "assembly", "learner_from_config": "assembly",
     "Workload": "workloads", "make_workload": "workloads", "image_workload": "workloads",
     "image_model": "workloads", "chunking": "workloads",
     "program_bytes": "memory",
-    "train": "training",
+    "train": "training", "train_group": "training",
     "git_commit": "provenance", "record": "provenance",
 }
 __all__ = sorted(_PUBLIC)

@@ -52,10 +52,20 @@ class Setup:
         return jax.eval_shape(self.init)
 
 
+def step_parts(cfg: Config, workload: Workload, hparams: Mapping[str, Any] | None = None
+               ) -> tuple[MetaLearner, Any]:
+    """The learner and the meta-optimizer of ``cfg``, with ``hparams`` (values of
+    ``configs.TRACED_KEYS``, e.g. one run's traced ``inner_lr`` inside a group's program) in place of
+    the config's values."""
+    if hparams:
+        cfg = dataclasses.replace(cfg, **hparams)  # traced values: validated where they were concrete
+    learner = learner_from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
+    return learner, schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule)
+
+
 def build(cfg: Config, workload: Workload) -> Setup:
     """The learner, the meta-optimizer and the initial-state constructor of ``cfg``."""
-    learner = learner_from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
-    optimizer = schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule)
+    learner, optimizer = step_parts(cfg, workload)
     init_key, train_key, _ = keys(cfg)
     init = workload.init  # not the workload: the setup must not keep its data alive
     return Setup(learner, optimizer, lambda: init_state(learner, optimizer, init(init_key), train_key))

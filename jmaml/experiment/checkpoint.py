@@ -61,6 +61,14 @@ def latest_step(directory: str) -> int | None:
         return mgr.latest_step()
 
 
+def all_steps(directory: str) -> list[int]:
+    """The complete checkpoint steps in ``directory``, ascending."""
+    if not os.path.isdir(directory):
+        return []
+    with manager(directory, read_only=True) as mgr:
+        return sorted(mgr.all_steps())
+
+
 def save(directory: str, step: int, state: Any) -> None:
     """Saves ``state`` (a ``TrainState``) as checkpoint ``step``.
 

@@ -1,7 +1,8 @@
 """The ``jmaml`` command: ``jmaml train | resume | eval | plot``.
 
 Exit status: 0 done; 1 the run failed after it started (divergence, a failed checkpoint
-write: the message says what is intact); 2 bad input (one ``error:`` line, nothing changed);
+write: the message says what is intact; in a group, one ``error:`` line per run that diverged, once the
+others have finished); 2 bad input (one ``error:`` line, nothing changed);
 3 stopped by SIGINT or SIGTERM after saving a checkpoint (continue with ``jmaml resume DIR``);
 130 interrupted before training started (nothing saved).
 """
@@ -20,7 +21,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jmaml.experiment.configs import CONFIGS
+    from jmaml.experiment.configs import CONFIGS, SWEEP_KEYS
 
     parser = argparse.ArgumentParser(prog="jmaml", description="MAML-family meta-learning in JAX.",
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its latest checkpoint (steps may grow)")
     train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--seeds", metavar="SEEDS",
+                       help="train several seeds in one program, e.g. 0-7 or 0,2,5: one run folder per run under "
+                            "--out, and group.json, the meta-test over seeds")
+    train.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                       help="train every value in one program, e.g. --sweep inner_lr=0.1,0.4 (repeatable: a grid, "
+                            f"times every seed of --seeds); keys that can be swept: {', '.join(SWEEP_KEYS)}")
     train.add_argument("--data-dir", help="data folder (default: $JMAML_DATA_DIR or the user cache)")
     train.add_argument("--no-download", action="store_true",
                        help="never download data; fail if it is not in the data folder")
@@ -41,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress output")
     _distributed_arguments(train)
 
-    resume = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume = sub.add_parser("resume", help="continue a run (or a group of runs) from its latest checkpoint")
     resume.add_argument("run_dir")
     resume.add_argument("--steps", type=int, help="train to this many steps in all (default: the run's)")
     resume.add_argument("--data-dir", help="data folder, if it moved since training")
@@ -107,9 +114,44 @@ def format_eval(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_group(summary: dict) -> str:
+    """A group's summary as a table: per setting, the meta-test over seeds."""
+    unit = "%" if summary["metric"] == "accuracy" else ""
+    scale = 100.0 if unit else 1.0
+
+    def number(value):
+        return "-" if value is None else f"{value * scale:.4f}{unit}"
+
+    rows = [[row["setting"] or "(seeds)", str(len(row["seeds"])), number(row["mean"]), number(row["std"]),
+             number(row["ci95"]), number(row["meta_test_ci95"])] for row in summary["settings"]]
+    head = ["setting", "seeds", "mean", "std", "95% (seeds)", "95% (tasks)"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [f"meta-test of the group, {summary['metric']} after {summary['test_steps']} inner steps, over seeds:"]
+    lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+              for r in [head, *rows]]
+    return "\n".join(lines)
+
+
+def _group_configs(args, overrides: dict) -> list | None:
+    """The configs of a ``--seeds``/``--sweep`` group (a grid, every point times every seed), or None."""
+    from jmaml.experiment.configs import get_config, grid, parse_seeds, parse_sweep
+
+    if args.seeds is None and not args.sweep:
+        return None
+    sweep = parse_sweep(args.sweep)
+    if args.seeds is not None:
+        if "seed" in sweep or args.seed is not None:
+            raise JmamlError("give the seeds once: --seeds, or --seed / --sweep seed=...")
+        sweep["seed"] = parse_seeds(args.seeds)
+    both = sorted(set(sweep) & set(overrides))
+    if both:
+        raise JmamlError(f"{both[0]} is both swept and set; give it in --sweep only")
+    return [get_config(args.config, {**overrides, **point}) for point in grid(sweep)]
+
+
 def _train(args) -> None:
     from jmaml.experiment.configs import get_config, parse_overrides
-    from jmaml.experiment.training import train
+    from jmaml.experiment.training import train, train_group
 
     overrides = parse_overrides(args.set)
     for key in ("steps", "seed"):
@@ -119,28 +161,49 @@ def _train(args) -> None:
         overrides["data_dir"] = os.path.abspath(args.data_dir)
     if args.no_download:
         overrides["download"] = False
-    cfg = get_config(args.config, overrides)
+    cfgs = _group_configs(args, overrides)
+    cfg = get_config(args.config, overrides) if cfgs is None else None
     if args.resume and not args.out:
         raise JmamlError("--resume needs the run folder: pass --out DIR (or use `jmaml resume DIR`)")
     out = args.out or os.path.join("runs", f"{args.config}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if cfgs is not None:
+        _report_group(train_group(cfgs, out, resume=args.resume, progress=not args.no_progress), out)
+        return
     result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
     _say(format_eval(result), f"run saved in {os.path.abspath(out)}")
 
 
+def _report_group(summary: dict, out: str) -> None:
+    """The group's table and where it is; one error line per run that diverged."""
+    from jmaml.experiment.run import RunFailed
+
+    _say(format_group(summary), f"{len(summary['runs'])} runs saved in {os.path.abspath(out)}")
+    if summary["failed"]:
+        raise RunFailed("\n".join(summary["failed"].values()))
+
+
 def _resume(args) -> None:
     import dataclasses
+    import json
 
     from jmaml.experiment.configs import validate
-    from jmaml.experiment.runs import load_config
-    from jmaml.experiment.training import train
+    from jmaml.experiment.runs import GROUP, load_config
+    from jmaml.experiment.training import train, train_group
 
-    cfg = load_config(args.run_dir)
     overrides = {}
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.data_dir is not None:
         overrides["data_dir"] = os.path.abspath(args.data_dir)
-    cfg = validate(dataclasses.replace(cfg, **overrides))
+    group = os.path.join(args.run_dir, GROUP)
+    if os.path.isfile(group):
+        with open(group) as f:
+            names = json.load(f)["runs"]
+        cfgs = [validate(dataclasses.replace(load_config(os.path.join(args.run_dir, name)), **overrides))
+                for name in names]
+        _report_group(train_group(cfgs, args.run_dir, resume=True, progress=not args.no_progress), args.run_dir)
+        return
+    cfg = validate(dataclasses.replace(load_config(args.run_dir), **overrides))
     result = train(cfg, args.run_dir, resume=True, progress=not args.no_progress)
     _say(format_eval(result), f"run saved in {os.path.abspath(args.run_dir)}")
 
@@ -192,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     except JmamlError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RunFailed as err:
-        print(f"error: {err}", file=sys.stderr)
+    except RunFailed as err:  # one line per run that failed (a group's runs fail alone)
+        print("\n".join(f"error: {line}" for line in str(err).splitlines()), file=sys.stderr)
         return EXIT_FAILED
     except Stopped as err:
         print(err, file=sys.stderr)

@@ -7,6 +7,7 @@ Every check here runs before anything is traced or compiled, and fails with one
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import typing
@@ -27,6 +28,12 @@ DATASETS: dict[str, tuple[str, ...]] = {
 # Keys a resumed run may change: they leave the training trajectory as it was.
 RESUMABLE_KEYS = ("steps", "eval_tasks", "eval_batch", "eval_max_steps", "eval_queries", "test_inner_steps",
                   "checkpoint_every", "checkpoint_minutes", "data_dir", "download")
+# Keys whose values may differ between the runs of one program (`jmaml train --seeds/--sweep`): they change
+# numbers, not shapes or the program. The seed picks a run's initial weights and task stream; the others are
+# traced per run (every other key, e.g. ways, shots, filters, hidden, inner_steps, meta_batch, image_size,
+# algorithm or dataset, shapes the program and needs a program, a `jmaml train`, of its own).
+SWEEP_KEYS = ("seed", "inner_lr", "meta_lr", "proximal_lambda")
+TRACED_KEYS = tuple(key for key in SWEEP_KEYS if key != "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +167,45 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds`` text into seeds: ``0-7``, ``0,2,5`` or both (``0-3,8``), each seed once."""
+    seeds: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            first, sep, last = part.partition("-")
+            seeds += list(range(int(first), int(last) + 1)) if sep else [int(first)]
+    except ValueError:
+        raise JmamlError(f"--seeds takes seeds like 0-7 or 0,2,5, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise JmamlError(f"--seeds needs distinct non-negative seeds, like 0-7 or 0,2,5, got {text!r}")
+    return seeds
+
+
+def parse_sweep(pairs: list[str]) -> dict[str, list[Any]]:
+    """``--sweep key=v1,v2`` texts into ``{key: [values]}``; every key must be one of :data:`SWEEP_KEYS`.
+
+    Raises:
+      JmamlError: one line: a malformed pair, an unknown key, a key given twice, or the keys that cannot be
+        swept in one program (all named at once).
+    """
+    sweep: dict[str, list[Any]] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not text.strip():
+            raise JmamlError(f"--sweep takes key=value,value,..., got {pair!r}")
+        if key in sweep:
+            raise JmamlError(f"--sweep {key} is given twice; list all its values in one --sweep {key}=...")
+        sweep[key] = [parse_value(key, value) for value in text.replace(" ", "").split(",") if value]
+    check_sweep_keys(sweep)
+    return sweep
+
+
+def grid(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of the grid of ``sweep`` (``{key: [values]}``), the last key varying fastest."""
+    return [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+
+
 def get_config(name: str, overrides: dict[str, Any] | None = None) -> Config:
     """The named config with ``overrides`` applied, validated."""
     if name not in CONFIGS:
@@ -196,6 +242,25 @@ def check_applicable(cfg: Config, keys: typing.Iterable[str]) -> None:
             raise JmamlError(f"{key} has no effect with algorithm={cfg.algorithm} (it applies to "
                              f"{', '.join(owners)}); the algorithm keys that apply to {cfg.algorithm} are: "
                              f"{', '.join(_own_keys(cfg.algorithm)) or 'none'}")
+
+
+def check_sweep_keys(keys: typing.Iterable[str]) -> None:
+    """Raises one JmamlError naming the keys in ``keys`` that cannot vary within one program."""
+    bad = [key for key in keys if key not in SWEEP_KEYS]
+    if bad:
+        raise JmamlError(f"{', '.join(bad)} cannot be swept in one program (it changes the program's shapes or "
+                         f"structure); the keys that can be swept in one program are: "
+                         f"{', '.join(k + ' (--seeds)' if k == 'seed' else k for k in SWEEP_KEYS)}; "
+                         "train other values with separate `jmaml train` commands")
+
+
+def check_group(cfgs: typing.Sequence[Config]) -> None:
+    """Raises one JmamlError unless the configs differ only in :data:`SWEEP_KEYS` (one program for all)."""
+    if not cfgs:
+        raise JmamlError("a group needs at least one run")
+    first = dataclasses.asdict(cfgs[0])
+    check_sweep_keys(sorted({key for cfg in cfgs[1:] for key, value in dataclasses.asdict(cfg).items()
+                             if value != first[key]}))
 
 
 def _require(ok: bool, message: str) -> None:

@@ -12,14 +12,15 @@ import contextlib
 import signal
 import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
+import jax
 import numpy as np
 
 from jmaml import parallel
 from jmaml.core.step import TrainState
 from jmaml.experiment import checkpoint
-from jmaml.experiment.loop import Clock
+from jmaml.experiment.loop import FINITE, Clock
 
 
 def chunk_means(metrics: dict[str, np.ndarray]) -> dict[str, float]:
@@ -98,8 +99,73 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState) -> None:
         """Saves ``state`` as checkpoint ``step`` (complete or absent: :func:`checkpoint.save`)."""
-        checkpoint.save(self.directory, step, state)
+        self._write(step, state)
         self.saved_step, self._saved_time = step, time.monotonic()
+
+    def _write(self, step: int, state: TrainState) -> None:
+        checkpoint.save(self.directory, step, state)
+
+
+def run_of(states: TrainState, index: int) -> TrainState:
+    """Run ``index``'s state of states stacked on a run axis."""
+    return jax.tree.map(lambda leaf: leaf[index], states)
+
+
+class RunsCheckpointer(Checkpointer):
+    """The checkpoint policy of a group of runs in one program: one decision for all, then each active
+    run's state saved in its own folder.
+
+    Args:
+      directories: each run's checkpoint folder.
+      active: which runs still train (shared with :class:`RunsLogger`, which clears a diverged run's
+        flag: its folder keeps its last good checkpoint).
+    """
+
+    def __init__(self, directories: Sequence[str], active: np.ndarray, *, every_steps: int, every_minutes: float,
+                 start: int):
+        super().__init__(directories[0], every_steps=every_steps, every_minutes=every_minutes, start=start)
+        self.directories, self.active = list(directories), active
+
+    def _write(self, step: int, state: TrainState) -> None:
+        for index in np.flatnonzero(self.active):
+            checkpoint.save(self.directories[index], step, run_of(state, index))
+
+
+class RunsLogger:
+    """A group's metrics: each active run's rows go to its own :class:`MetricsLogger`, the mean over the
+    active runs to the progress display.
+
+    A run whose :data:`~jmaml.experiment.loop.FINITE` flag drops in a dispatch logs the means of that
+    dispatch's rows up to the bad step, at that step, and stops: its ``active`` flag is cleared and
+    ``diverged(index, step)`` called.
+
+    Args:
+      loggers: one per run (their own progress displays disabled).
+      group: the progress of the whole group (a :class:`MetricsLogger` without a log).
+      active: which runs still train; updated here.
+      diverged: called once for each run that stops.
+    """
+
+    def __init__(self, loggers: Sequence[MetricsLogger], group: MetricsLogger, active: np.ndarray,
+                 diverged: Callable[[int, int], None]):
+        self.loggers, self.group, self.active, self.diverged = list(loggers), group, active, diverged
+
+    def __call__(self, step: int, state: TrainState, metrics: dict[str, np.ndarray], clock: Clock) -> None:
+        finite = metrics[FINITE]
+        rows = {key: value for key, value in metrics.items() if key != FINITE}
+        for index in np.flatnonzero(self.active):
+            own = {key: value[:, index] for key, value in rows.items()}
+            if finite[:, index].all():
+                self.loggers[index](step, state, own, clock)
+                continue
+            bad = int(np.argmin(finite[:, index]))
+            at = step - len(finite) + 1 + bad
+            if self.loggers[index].log is not None:
+                self.loggers[index].log.write(at, chunk_means({key: value[:bad + 1] for key, value in own.items()}))
+            self.active[index] = False
+            self.diverged(int(index), at)
+        if self.active.any():
+            self.group(step, state, {"meta_loss": rows["meta_loss"][:, self.active].mean(axis=1)}, clock)
 
 
 class StopCheck:

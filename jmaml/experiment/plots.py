@@ -11,14 +11,20 @@ Typical use::
     from jmaml.experiment import plots
     plots.plot_runs(["runs/maml", "runs/fomaml"], "curves.png")   # what `jmaml plot` does
     fig = plots.figure(plots.load_runs(["runs/maml"]))            # in a notebook
+
+A group folder (``jmaml train --seeds/--sweep``) stands for its runs; the runs of a plot that include
+a group are drawn as bands over seeds (:func:`seed_bands`), one per setting.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
 
 from jmaml.data.paths import atomic_write
 from jmaml.errors import JmamlError
@@ -151,6 +157,55 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
     return loaded
 
 
+def expand_groups(paths: Sequence[str]) -> list[str]:
+    """``paths`` with each group folder (one holding ``group.json``) replaced by its runs' folders."""
+    out = []
+    for path in paths:
+        group = os.path.join(path, run_files.GROUP)
+        out += ([os.path.join(path, name) for name in _read_json(group)["runs"]] if os.path.isfile(group)
+                else [path])
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def seed_bands(loaded: Sequence[Run]) -> list[Run]:
+    """One run per setting (runs whose configs differ only in the seed), over its seeds.
+
+    Its metrics are the means over the seeds at the steps that every seed logged, each with
+    ``<metric>_spread``, the standard deviation over the seeds (the learning curves' band); its
+    meta-test is the mean over the seeds of ``per_step`` with the normal 95% interval of that mean as
+    ``per_step_ci95`` (the meta-test's band), when every seed finished. Labels name the setting and
+    its number of seeds.
+    """
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in loaded:
+        groups[json.dumps({k: v for k, v in run.config.items() if k != "seed"}, sort_keys=True)].append(run)
+    names = labels([members[0].config for members in groups.values()])
+    bands = []
+    for name, members in zip(names, groups.values()):
+        steps = sorted(set.intersection(*({m["step"] for m in run.metrics} for run in members)))
+        rows = [[next(m for m in run.metrics if m["step"] == step) for run in members] for step in steps]
+        metrics = []
+        for step, at in zip(steps, rows):
+            row = {"step": step}
+            for key in set.intersection(*(set(m) for m in at)) - {"step"}:
+                if all(isinstance(m[key], (int, float)) for m in at):
+                    row[key], row[f"{key}_spread"] = _mean_std([m[key] for m in at])
+            metrics.append(row)
+        result = None
+        if all(run.eval and "per_step" in run.eval for run in members):
+            per_step = [_mean_std(values) for values in zip(*(run.eval["per_step"] for run in members))]
+            result = {**members[0].eval, "per_step": [m for m, _ in per_step],
+                      "per_step_ci95": [1.96 * s / len(members) ** 0.5 for _, s in per_step]}
+        bands.append(Run(path=os.path.dirname(members[0].path), config=members[0].config, metrics=metrics,
+                         eval=result, label=f"{name} ({len(members)} seed{'s' * (len(members) > 1)})"))
+    return bands
+
+
 def _matplotlib():
     try:
         import matplotlib  # noqa: F401
@@ -192,13 +247,24 @@ def plot_learning_curves(loaded: Sequence[Run], axes: Sequence[Axes], *, x: str 
         rows = [m for m in run.metrics if x in m]
         xs = [m[x] for m in rows]
         axes[0].plot(xs, [m.get("meta_loss", float("nan")) for m in rows], color=color, label=run.label)
+        _band(axes[0], xs, rows, "meta_loss", 1.0, color)
         for suffix, style in (("", "-"), ("_before", "--")):
             key = f"query_{metric}{suffix}"
             if any(key in m for m in rows):
                 axes[1].plot(xs, [m.get(key, float("nan")) * scale for m in rows], style, color=color)
+                _band(axes[1], xs, rows, key, scale, color)
     xlabel = "meta-training step" if x == "step" else "seconds (training, compilation included)"
     axes[0].set(xlabel=xlabel, ylabel="meta-loss", title=f"meta-loss against {x}")
     axes[1].set(xlabel=xlabel, ylabel=f"query {name}", title=f"query {metric} against {x}")
+
+
+def _band(ax: Axes, xs: list, rows: list[dict], key: str, scale: float, color: str) -> None:
+    """The band ``key +- key_spread`` of runs from :func:`seed_bands` (nothing for a single run)."""
+    if all(f"{key}_spread" in m for m in rows) and rows:
+        mean = [m[key] * scale for m in rows]
+        spread = [m[f"{key}_spread"] * scale for m in rows]
+        ax.fill_between(xs, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)],
+                        color=color, alpha=0.2, linewidth=0)
 
 
 def plot_meta_test(loaded: Sequence[Run], ax: Axes) -> None:
@@ -250,6 +316,10 @@ def figure(loaded: Sequence[Run]) -> Figure:
     handles += [Line2D([], [], color="grey", linestyle="-", label="query: after adaptation"),
                 Line2D([], [], color="grey", linestyle="--", label="query: before adaptation"),
                 Line2D([], [], color="grey", marker="o", linestyle="", label="meta-test: config's test_steps")]
+    if any("meta_loss_spread" in m for run in loaded for m in run.metrics):  # runs from seed_bands
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="grey", alpha=0.2, label="band: curves +- std over seeds, meta-test 95% over seeds"))
     legend_ax.legend(handles=handles, loc="center", fontsize="small", frameon=False)
     return fig
 
@@ -258,7 +328,9 @@ def plot_runs(run_dirs: Sequence[str], out: str) -> str:
     """Draws the runs in ``run_dirs`` overlaid into the image file ``out``; what `jmaml plot` does.
 
     Args:
-      run_dirs: run folders written by ``jmaml train`` (finished or still training).
+      run_dirs: run folders written by ``jmaml train`` (finished or still training); a group folder
+        stands for its runs, and then every setting is drawn as a band over its seeds
+        (:func:`seed_bands`).
       out: the image to write, ``.png`` (or ``.pdf``, ``.svg``); written atomically.
 
     Returns:
@@ -279,7 +351,9 @@ def plot_runs(run_dirs: Sequence[str], out: str) -> str:
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise JmamlError(f"cannot write {out}: folder {folder} does not exist or is not writable; "
                          "give another output file")
-    loaded = load_runs(run_dirs)
+    loaded = load_runs(expand_groups(run_dirs))
+    if any(os.path.isfile(os.path.join(path, run_files.GROUP)) for path in run_dirs):
+        loaded = seed_bands(loaded)
     fig = figure(loaded)
     try:
         with atomic_write(out, "wb") as f:
@@ -289,5 +363,5 @@ def plot_runs(run_dirs: Sequence[str], out: str) -> str:
     return out
 
 
-__all__ = ["FORMATS", "Run", "figure", "labels", "load_run", "load_runs", "plot_learning_curves",
-           "plot_meta_test", "plot_runs"]
+__all__ = ["FORMATS", "Run", "expand_groups", "figure", "labels", "load_run", "load_runs", "plot_learning_curves",
+           "plot_meta_test", "plot_runs", "seed_bands"]

@@ -5,6 +5,11 @@ A run folder holds ``config.json``, ``run.json`` (where and with what each start
 TensorBoard events in ``tb/``, orbax checkpoints in ``checkpoints/``, ``data.json`` (what was
 loaded), ``eval.json`` (the meta-test at the end of training), ``curves.png`` (its plots) and
 ``eval-step<N>-<tasks>.json`` (each later ``jmaml eval``). A run holds an exclusive lock on ``.lock`` while it trains.
+
+A group of runs trained in one program (``jmaml train --seeds/--sweep``) is a folder of run folders,
+one per run and named by what differs (``inner_lr=0.1,seed=3``), with ``group.json`` (the runs, and
+at the end the summary over seeds per setting). A run of a group that diverged holds ``failed.json``
+(the step and the error): it stops there, and a resumed group leaves it stopped.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 from jmaml.data.paths import atomic_write
 from jmaml.errors import JmamlError
-from jmaml.experiment.configs import Config
+from jmaml.experiment.configs import SWEEP_KEYS, TRACED_KEYS, Config
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -31,11 +36,66 @@ RUN = "run.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
 LOCK = ".lock"
+GROUP = "group.json"
+FAILED = "failed.json"
 
 
 def eval_file(step: int, tasks: int) -> str:
     """The file name of a ``jmaml eval`` of checkpoint ``step`` on ``tasks`` tasks."""
     return f"eval-step{step}-{tasks}.json"
+
+
+def varied_keys(cfgs: Sequence[Config]) -> list[str]:
+    """The traced keys (``configs.TRACED_KEYS``) whose values differ between ``cfgs``, in that order."""
+    return [key for key in TRACED_KEYS if len({getattr(cfg, key) for cfg in cfgs}) > 1]
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def setting(cfg: Config, keys: Sequence[str]) -> str:
+    """``cfg``'s values of ``keys`` as ``key=value`` joined by commas (``""`` for no keys)."""
+    return ",".join(f"{key}={_text(getattr(cfg, key))}" for key in keys)
+
+
+def run_names(cfgs: Sequence[Config]) -> list[str]:
+    """The folder name of each run of a group: what differs between the runs, then its seed
+    (``inner_lr=0.1,seed=3``).
+
+    Raises:
+      JmamlError: two runs with the same name (the same setting and seed twice).
+    """
+    keys = varied_keys(cfgs) + ["seed"]
+    names = [setting(cfg, keys) for cfg in cfgs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise JmamlError(f"the group trains {twice[0]} twice: give each value of {', '.join(SWEEP_KEYS)} once")
+    return names
+
+
+def claim_group(path: str, *, resume: bool) -> bool:
+    """Creates the group folder ``path`` if needed (True when this call created it).
+
+    Raises:
+      JmamlError: a new group where one is (``group.json`` exists), or a resume where none is.
+    """
+    path = os.path.abspath(path)
+    has = os.path.isfile(os.path.join(path, GROUP))
+    if resume and not has:
+        raise JmamlError(f"{path} holds no group of runs to resume (no {GROUP}); start one with "
+                         "`jmaml train CONFIG --seeds ... --out DIR`")
+    if not resume and has:
+        raise JmamlError(f"{path} already holds a group of runs ({GROUP} exists): resume it with "
+                         "`jmaml resume DIR`, pass another --out, or delete that folder first")
+    if os.path.isfile(os.path.join(path, CONFIG)):
+        raise JmamlError(f"{path} holds a single run ({CONFIG} exists), not a group: pass another --out")
+    created = not os.path.exists(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise JmamlError(f"cannot write to output directory {path}: {err.strerror}; pass a writable --out") from None
+    return created
 
 
 class RunFolder:

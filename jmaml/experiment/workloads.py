@@ -94,14 +94,18 @@ def chunking(cfg: Config, devices: int = 1) -> tuple[int, int]:
 
 
 def sinusoid_workload(cfg: Config) -> Workload:
-    """Sinusoid regression with the paper's MLP; meta-test tasks score ``eval_queries`` points."""
+    """Sinusoid regression with the paper's MLP; meta-test tasks score ``eval_queries`` points.
+
+    Weights and tasks are in JAX's default float type: float32, or float64 with ``JAX_ENABLE_X64``
+    (e.g. to check that runs trained together equal runs trained alone to rounding)."""
     init, apply = functional(MLP(tuple(cfg.hidden), 1))
 
     def sampler(meta_batch, queries):
-        return lambda key, data: sinusoid.sample_tasks(key, meta_batch, cfg.shots, queries)
+        return lambda key, data: sinusoid.sample_tasks(key, meta_batch, cfg.shots, queries,
+                                                       dtype=jnp.result_type(float))
 
     return Workload(
-        init=lambda key: init(key, jnp.zeros((1, 1))),
+        init=lambda key: jax.tree.map(lambda p: p.astype(jnp.result_type(float)), init(key, jnp.zeros((1, 1)))),
         apply_fn=apply,
         loss_fn=losses.mse,
         metrics={},
