@@ -74,7 +74,7 @@ def _last_gradient() -> optax.GradientTransformation:
                                         lambda updates, state, params=None: (updates, updates))
 
 
-def _jmaml_step(workload: BenchWorkload, options: dict[str, Any]):
+def jmaml_step(workload: BenchWorkload, options: dict[str, Any]):
     """jmaml's train step as ``jmaml train`` builds it from the workload's config with ``options``:
     ``(learner, optimizer, step_fn)``, ``step_fn(state, tasks) -> (state, meta-loss, meta-gradient)``."""
     cfg = workload.with_options(options)
@@ -100,7 +100,7 @@ class JmamlBench(_JaxBench):
     """
 
     def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
-        learner, optimizer, step_fn = _jmaml_step(workload, options)
+        learner, optimizer, step_fn = jmaml_step(workload, options)
         state = init_state(learner, optimizer, jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(0))
         super().__init__(step_fn, state, batches, donate=True)
 
@@ -117,7 +117,7 @@ class JmamlRunsBench(_JaxBench):
     def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         options = dict(options)
         self.runs, self.inputs = options.pop("runs", RUNS), batches
-        learner, optimizer, step_fn = _jmaml_step(workload, options)
+        learner, optimizer, step_fn = jmaml_step(workload, options)
         states = stack_runs([init_state(learner, optimizer, jax.tree.map(
             jnp.asarray, params if r == 0 else init_params(workload, seed=r)), jax.random.PRNGKey(r))
             for r in range(self.runs)])

@@ -31,7 +31,14 @@ def matmul(x: jax.Array, w: jax.Array, precision: Precision = "float32") -> jax.
 
 
 def resolve_impl(impl: ConvImpl, backend: str | None = None) -> str:
-    """``"auto"`` picks ``"im2col"`` on CPU and ``"xla"`` elsewhere; ``backend`` defaults to JAX's."""
+    """``"auto"`` picks ``"im2col"`` on CPU and ``"xla"`` elsewhere.
+
+    Args:
+      impl: the configured lowering.
+      backend: the platform the program is compiled for (``"cpu"``, ``"gpu"``, ...); default
+        ``jax.default_backend()``. A program compiled for another target than the default
+        backend (``benchmarks/gpu_program.py``) names it.
+    """
     if impl == "auto":
         return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
     return impl
