@@ -12,7 +12,8 @@ Counted per step from the optimized HLO (:func:`benchmarks.harness.hlo.gpu_count
 (launching instructions of the entry and of loop bodies times their ``known_trip_count``), cuDNN
 convolution custom-calls (how many grouped, how many with a window larger than the 3x3 kernel: weight
 gradients written as forward convolutions), GEMMs (cuBLAS calls and GEMM fusions), copies; and the
-compiled memory (arguments + outputs + temporaries + code - aliased) and FLOPs of XLA's cost analysis.
+compiled memory (arguments + outputs + temporaries + code - aliased) and FLOPs of XLA's cost analysis
+(of the lowered program where the deviceless compile gives none).
 ``--breakdown`` also prints, per program, where the launches come from: by kind, and by the source
 line of jmaml or optax that the launching instruction's metadata names.
 
@@ -49,7 +50,8 @@ from jmaml.models.conv import resolve_impl
 TARGETS_DIR = Path(__file__).resolve().parent / "targets"
 # The programs compiled, by their option labels (:func:`benchmarks.harness.workloads.options`).
 OPTIONS = ("default", "conv=xla", "conv=im2col", "unroll=full", "precision=bf16")
-_SOURCE = re.compile(r'source_file="([^"]+)" source_line=(\d+)')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_LAYER = re.compile(r"/(conv\d+|norm\d+|head)/")
 
 
 def targets() -> list[str]:
@@ -85,11 +87,11 @@ def program_options(label: str, platform: str) -> dict[str, Any]:
     return out
 
 
-def compile_step(w: BenchWorkload, label: str, device: Any) -> Any:
-    """jmaml's meta-training step on ``w`` with option ``label``, compiled for ``device``.
+def compile_step(w: BenchWorkload, label: str, device: Any) -> tuple[Any, Any]:
+    """jmaml's meta-training step on ``w`` with option ``label``, lowered and compiled for ``device``.
 
     The state and meta-batch are built on the CPU and passed as shapes placed on ``device``, so nothing
-    runs on (or is copied to) the target.
+    runs on (or is copied to) the target. Returns ``(lowered, compiled)``.
     """
     platform = "cpu" if device.platform == "cpu" else "gpu"
     learner, optimizer, step_fn = jmaml_step(w, program_options(label, platform))
@@ -98,32 +100,53 @@ def compile_step(w: BenchWorkload, label: str, device: Any) -> Any:
     sharding = jax.sharding.SingleDeviceSharding(device)
     shaped = lambda tree: jax.tree.map(  # noqa: E731
         lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding), tree)
-    return jax.jit(step_fn, donate_argnums=0).lower(shaped(state), shaped(make_batches(w, 1)[0])).compile()
+    lowered = jax.jit(step_fn, donate_argnums=0).lower(shaped(state), shaped(make_batches(w, 1)[0]))
+    return lowered, lowered.compile()
 
 
-def flops(compiled: Any) -> float | None:
-    """FLOPs of XLA's cost analysis of a compiled program, None if it gives none."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    value = (analysis or {}).get("flops")
-    return float(value) if value else None
-
-
-def breakdown(module: dict[str, Any], top: int = 12) -> str:
-    """Where a program's launches per step come from: by kind, and by the source line (jmaml, optax)
-    of the launching instruction's metadata."""
-    kinds: collections.Counter = collections.Counter()
-    sources: collections.Counter = collections.Counter()
-    for instr, times in executed(module):
-        if not launches(instr):
+def flops(*stages: Any) -> float | None:
+    """FLOPs of XLA's cost analysis of the first of ``stages`` (compiled, lowered) that gives one: a
+    deviceless GPU compile gives none, so the lowered (not yet optimized) program's estimate is used."""
+    for stage in stages:
+        try:
+            analysis = stage.cost_analysis()
+        except Exception:  # noqa: BLE001  not every stage or backend has one
             continue
-        kinds[gpu_kind(instr)] += times
-        match = _SOURCE.search(instr[4])
-        where = f"{match[1].split('site-packages/')[-1].split('wt18/')[-1]}:{match[2]}" if match else "(none)"
-        sources[where] += times
-    return ("  by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + "\n  by source: "
-            + ", ".join(f"{k} {n}" for k, n in sources.most_common(top)))
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else None
+        value = (analysis or {}).get("flops")
+        if value and value > 0:
+            return float(value)
+    return None
+
+
+def origin(instr: tuple[str, str, str, list[str], str]) -> str:
+    """Where an instruction comes from, by its metadata's ``op_name`` (JAX's name stack): the model
+    layer (``conv0``, ``norm1``, ``head``) and the primitive; ``inputs`` for copies of the step's
+    arguments; ``step`` and the primitive for what lies outside the model (loss, inner and outer
+    updates, the sum of per-task gradients)."""
+    match = _OP_NAME.search(instr[4])
+    if not match:
+        return "unnamed"
+    name = match[1]
+    if name.startswith(("state.", "tasks.")):
+        return "inputs"
+    layer = _LAYER.search(name)
+    return f"{layer[1] if layer else 'step'} {name.rsplit('/', 1)[-1]}"
+
+
+def breakdown(module: dict[str, Any], top: int = 16) -> str:
+    """Where a program's launches per step come from: by kind, by layer, and by :func:`origin`."""
+    kinds: collections.Counter = collections.Counter()
+    layers: collections.Counter = collections.Counter()
+    origins: collections.Counter = collections.Counter()
+    for instr, times in executed(module):
+        if launches(instr):
+            kinds[gpu_kind(instr)] += times
+            origins[origin(instr)] += times
+            layers[origin(instr).split()[0]] += times
+    line = lambda counter, n=None: ", ".join(f"{k} {v}" for k, v in counter.most_common(n))  # noqa: E731
+    return f"  by kind: {line(kinds)}\n  by layer: {line(layers)}\n  by origin: {line(origins, top)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for w in select(args.workloads, args.quick):
         for label in labels:
             start = time.perf_counter()
-            compiled = compile_step(w, label, device)
+            lowered, compiled = compile_step(w, label, device)
             seconds = time.perf_counter() - start
             hlo = compiled.as_text()
             if args.dump:
                 args.dump.mkdir(parents=True, exist_ok=True)
                 (args.dump / f"{w.name}-{re.sub(r'[^a-z0-9]+', '_', label)}.hlo.txt").write_text(hlo)
             module = parse(hlo)
-            rows.append((w, label, gpu_counts(module), program_bytes(compiled), flops(compiled), seconds))
+            rows.append((w, label, gpu_counts(module), program_bytes(compiled), flops(compiled, lowered), seconds))
             print(f"{w.name} {label}: {rows[-1][2]}, compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
             if args.breakdown:
                 print(breakdown(module), file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ from benchmarks.harness.base import Grads
 from benchmarks.harness.workloads import BenchWorkload, init_params
 from jmaml import losses
 from jmaml.core.runs import make_runs_step, stack_runs
+from jmaml.core.schedules import meta_optimizer
 from jmaml.core.step import init_state, make_train_step
 from jmaml.core.types import Tasks
 from jmaml.experiment import image_model, learner_from_config, program_bytes
@@ -80,7 +81,8 @@ def jmaml_step(workload: BenchWorkload, options: dict[str, Any]):
     cfg = workload.with_options(options)
     _, apply = image_model(cfg, workload.variant)
     learner = learner_from_config(cfg, apply, losses.cross_entropy)
-    optimizer = optax.chain(_last_gradient(), optax.adam(cfg.meta_lr))
+    optimizer = optax.chain(_last_gradient(), meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule,
+                                                             update=cfg.meta_update))
     train_step = make_train_step(learner, optimizer)
 
     def step_fn(state, tasks, data=None):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jmaml.models.conv import Conv2D, ConvImpl, Precision, matmul
-from jmaml.models.norm import BatchStatNorm
+from jmaml.models.norm import BatchStatNorm, NormStats
 
 
 class Conv4(nn.Module):
@@ -29,6 +29,7 @@ class Conv4(nn.Module):
       conv: how convolutions are lowered (see :class:`~jmaml.models.conv.Conv2D`).
       precision: ``"float32"``, or ``"bf16"``: the convolutions and the head's matmul take bfloat16
         operands and accumulate in float32; parameters, BatchNorm and the logits stay float32.
+      norm: how BatchNorm computes its statistics (:class:`~jmaml.models.BatchStatNorm`'s ``stats``).
 
     References:
       Finn, Abbeel & Levine (2017), section 5.2. https://arxiv.org/abs/1703.03400
@@ -40,6 +41,7 @@ class Conv4(nn.Module):
     filters: int | None = None
     conv: ConvImpl = "auto"
     precision: Precision = "float32"
+    norm: NormStats = "two_pass"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -48,7 +50,7 @@ class Conv4(nn.Module):
         for block in range(4):
             x = Conv2D(filters, 3, strides=2 if omniglot else 1, impl=self.conv, precision=self.precision,
                        name=f"conv{block}")(x)
-            x = nn.relu(BatchStatNorm(name=f"norm{block}")(x))
+            x = nn.relu(BatchStatNorm(stats=self.norm, name=f"norm{block}")(x))
             if not omniglot:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         x = jnp.mean(x, axis=(-3, -2)) if omniglot else x.reshape(x.shape[:-3] + (-1,))
