@@ -13,7 +13,7 @@ Counted per step from the optimized HLO (:func:`benchmarks.harness.hlo.gpu_count
 convolution custom-calls (how many grouped, how many with a window larger than the 3x3 kernel: weight
 gradients written as forward convolutions), GEMMs (cuBLAS calls and GEMM fusions), copies; and the
 compiled memory (arguments + outputs + temporaries + code - aliased) and FLOPs of XLA's cost analysis
-(of the lowered program where the deviceless compile gives none).
+(the deviceless compile gives none: then that of the program before optimization, lowered for the CPU).
 ``--breakdown`` also prints, per program, where the launches come from: by kind, and by the source
 line of jmaml or optax that the launching instruction's metadata names.
 
@@ -104,9 +104,17 @@ def compile_step(w: BenchWorkload, label: str, device: Any) -> tuple[Any, Any]:
     return lowered, lowered.compile()
 
 
+def step_flops(w: BenchWorkload, label: str, platform: str) -> float | None:
+    """FLOPs of one step by XLA's cost analysis of the program before optimization, lowered for the CPU
+    with the lowering options of ``platform`` (a deviceless GPU compile reports no cost analysis)."""
+    learner, optimizer, step_fn = jmaml_step(w, program_options(label, platform))
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = init_state(learner, optimizer, jax.tree.map(np.asarray, init_params(w)), jax.random.PRNGKey(0))
+        return flops(jax.jit(step_fn).lower(state, make_batches(w, 1)[0]))
+
+
 def flops(*stages: Any) -> float | None:
-    """FLOPs of XLA's cost analysis of the first of ``stages`` (compiled, lowered) that gives one: a
-    deviceless GPU compile gives none, so the lowered (not yet optimized) program's estimate is used."""
+    """FLOPs of XLA's cost analysis of the first of ``stages`` (compiled or lowered programs) giving one."""
     for stage in stages:
         try:
             analysis = stage.cost_analysis()
@@ -170,33 +178,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_program: {err}", file=sys.stderr)
         return 2
 
-    rows = []
+    kind = getattr(device, "device_kind", device.platform)
+    print(f"One meta-training step (second-order MAML, Adam) compiled for {kind} ({args.target}) on this machine, "
+          f"jax {jax.__version__}; `default` is conv={resolve_impl('auto', 'cpu' if args.target == 'cpu' else 'gpu')}"
+          " there. Per step: loop bodies count times their known trip count.\n")
+    print("| config | option | launches (static) | cuDNN convs (grouped, window > 3x3) | GEMMs | copies | loops run "
+          "| memory MiB | GFLOP | compile s |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for w in select(args.workloads, args.quick):
         for label in labels:
             start = time.perf_counter()
-            lowered, compiled = compile_step(w, label, device)
+            _, compiled = compile_step(w, label, device)
             seconds = time.perf_counter() - start
             hlo = compiled.as_text()
             if args.dump:
                 args.dump.mkdir(parents=True, exist_ok=True)
                 (args.dump / f"{w.name}-{re.sub(r'[^a-z0-9]+', '_', label)}.hlo.txt").write_text(hlo)
             module = parse(hlo)
-            rows.append((w, label, gpu_counts(module), program_bytes(compiled), flops(compiled, lowered), seconds))
-            print(f"{w.name} {label}: {rows[-1][2]}, compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
+            c, memory = gpu_counts(module), program_bytes(compiled)
+            flop = flops(compiled) or step_flops(w, label, "cpu" if args.target == "cpu" else "gpu")
+            mib = f"{memory / 2**20:.0f}" if memory else "-"
+            gflop = f"{flop / 1e9:.2f}" if flop else "-"
+            print(f"| {w.name} | {label} | {c['launches']} ({c['static_launches']}) | {c['cudnn']} ({c['grouped']}, "
+                  f"{c['large_window']}) | {c['gemm']} | {c['copies']} | {c['loops']} | {mib} | {gflop} | "
+                  f"{seconds:.0f} |", flush=True)
             if args.breakdown:
-                print(breakdown(module), file=sys.stderr, flush=True)
-
-    kind = getattr(device, "device_kind", device.platform)
-    print(f"One meta-training step (second-order MAML, Adam) compiled for {kind} ({args.target}) on this machine, "
-          f"jax {jax.__version__}; `default` is conv={resolve_impl('auto', 'cpu' if args.target == 'cpu' else 'gpu')}"
-          " there. Per step: loop bodies count times their known trip count.\n")
-    print("| config | option | launches (static) | cuDNN convs (grouped, window > 3x3) | GEMMs | copies | loops run "
-          "| memory MiB | GFLOP | compile s |\n|---|---|---|---|---|---|---|---|---|---|")
-    for w, label, c, memory, flop, seconds in rows:
-        mib = f"{memory / 2**20:.0f}" if memory else "-"
-        gflop = f"{flop / 1e9:.2f}" if flop else "-"
-        print(f"| {w.name} | {label} | {c['launches']} ({c['static_launches']}) | {c['cudnn']} ({c['grouped']}, "
-              f"{c['large_window']}) | {c['gemm']} | {c['copies']} | {c['loops']} | {mib} | {gflop} | {seconds:.0f} |")
+                print(f"{w.name} {label}:\n{breakdown(module)}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -103,3 +103,11 @@ def test_config_keys_reach_the_model_and_optimizer_and_bad_values_are_refused():
         get_config("omniglot-5w1s", {"meta_update": "fused"})
     with pytest.raises(JmamlError, match="norm_stats has no effect on sinusoid"):
         get_config("sinusoid", {"norm_stats": "one_pass"})
+
+
+def test_auto_lowering_is_im2col_on_cpu_and_gpu():
+    """The GPU default has no grouped convolution: conv=auto is im2col there (RESULTS.md, 2026-12-07)."""
+    from jmaml.models.conv import resolve_impl
+
+    assert [resolve_impl("auto", b) for b in ("cpu", "gpu", "cuda", "tpu")] == ["im2col", "im2col", "im2col", "xla"]
+    assert resolve_impl("xla", "gpu") == "xla" and resolve_impl("im2col", "tpu") == "im2col"
