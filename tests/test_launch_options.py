@@ -1,7 +1,8 @@
 """Options that cut the GPU program's kernel launches (issue 18) compute the reference's meta-gradient, in
 float64: the im2col lowering and one-pass BatchNorm statistics against XLA's convolution with two-pass
-statistics (second-order MAML through a scanned inner loop), and the flat meta-update (Adam on all
-meta-parameters raveled into one vector) against Adam per leaf over two meta-steps."""
+statistics (second-order MAML through a scanned inner loop), max-pooling as a reshape and a max against
+flax's max_pool, and the flat meta-update (Adam on all meta-parameters raveled into one vector) against
+Adam per leaf over two meta-steps."""
 
 import chex
 import jax
@@ -111,3 +112,28 @@ def test_auto_lowering_is_im2col_on_cpu_and_gpu():
 
     assert [resolve_impl("auto", b) for b in ("cpu", "gpu", "cuda", "tpu")] == ["im2col", "im2col", "im2col", "xla"]
     assert resolve_impl("xla", "gpu") == "xla" and resolve_impl("im2col", "tpu") == "im2col"
+
+
+def test_reshape_max_pool_gives_the_reference_meta_gradient():
+    """The miniImageNet variant (stride-1 convolutions, 2x2 max-pooling; 20x20 inputs, so one pooled side is
+    odd) with pool=reshape against flax's max_pool: the same second-order meta-gradient."""
+    from jmaml.models.conv4 import max_pool_2x2
+
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 7, 3), jnp.float64)
+    chex.assert_trees_all_close(max_pool_2x2(x, "reshape"), max_pool_2x2(x, "reduce_window"), rtol=0, atol=0)
+    grads = []
+    for pool in ("reduce_window", "reshape"):
+        init, apply = functional(Conv4(WAYS, variant="mini_imagenet", filters=FILTERS, conv="im2col", pool=pool))
+        params = init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 20, 3)))
+        params = jax.tree.map(lambda p: p.astype(jnp.float64) + 0.05, params)
+        keys = jax.random.split(jax.random.PRNGKey(5), 2)
+        labels = lambda n: jnp.tile(jnp.repeat(jnp.arange(WAYS), n), (TASKS, 1))  # noqa: E731
+        tasks = Tasks(jax.random.normal(keys[0], (TASKS, WAYS * SHOTS, 20, 20, 3), jnp.float64), labels(SHOTS),
+                      jax.random.normal(keys[1], (TASKS, WAYS * QUERIES, 20, 20, 3), jnp.float64), labels(QUERIES))
+        learner = jmaml.maml(apply, losses.cross_entropy, inner_lr=0.4, inner_steps=STEPS)
+        grads.append(jax.jit(jax.value_and_grad(lambda mp: learner.meta_loss(mp, tasks)[0]))(learner.init(params)))
+    chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+    with pytest.raises(JmamlError, match="pool must be one of reduce_window, reshape"):
+        get_config("mini-5w1s", {"pool": "avg"})
+    with pytest.raises(JmamlError, match="pool has no effect on omniglot"):
+        get_config("omniglot-5w1s", {"pool": "reshape"})
