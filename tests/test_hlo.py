@@ -2,16 +2,30 @@
 meta-parameters: one ordinary convolution over all tasks' support images (not a convolution grouped by task),
 and the same meta-gradient as an explicit per-task loop."""
 
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
 
 import jmaml
-from benchmarks.harness.hlo import collective_bytes, convolutions, counts, parse, shape_bytes
+from benchmarks.harness.hlo import (
+    collective_bytes,
+    convolutions,
+    counts,
+    cudnn_convolutions,
+    executed,
+    gpu_counts,
+    gpu_kind,
+    launches,
+    parse,
+    shape_bytes,
+)
 from jmaml import losses
 from jmaml.core.types import Tasks
 from jmaml.models import Conv4, functional
+from jmaml.models.conv import resolve_impl
 
 TASKS, WAYS, SHOTS, QUERIES, SIDE, FILTERS = 3, 2, 1, 2, 8, 2
 
@@ -84,3 +98,53 @@ def test_meta_gradient_equals_explicit_loop():
         meta_params)
     assert grads["params"]["conv0"]["kernel"].dtype == jnp.float64
     chex.assert_trees_all_close((loss, grads), (ref_loss, ref_grads), rtol=1e-10, atol=1e-12)
+
+
+# A GPU module written by hand: the entry runs a multi-output fusion, a cuDNN forward convolution, a copy,
+# an asynchronous copy and a while loop of 4 iterations (known_trip_count); the loop body runs a grouped
+# cuDNN convolution whose window (13x13) is larger than the 3x3 kernel, a GEMM fusion, a loop fusion and a
+# copy. Tuple types hold /*index=N*/ comments, as XLA prints them.
+GPU_MODULE = (Path(__file__).parent / "hlo" / "gpu_module.hlo.txt").read_text()
+
+
+def test_gpu_counts_by_hand():
+    """Launches: the entry's fusion, convolution, copy and copy-start (4), and the loop body's
+    convolution, two fusions and copy 4 times each (16): 20, of them 8 static."""
+    module = parse(GPU_MODULE)
+    assert module["entry"] == "main"
+    assert [i[1] for i in module["computations"]["main"]][:2] == ["parameter", "fusion"]  # the tuple-typed fusion
+    assert "while" in [i[1] for i in module["computations"]["main"]]
+    assert module["computations"]["main"][1][3] == ["p", "p"]
+    assert gpu_counts(module) == {"launches": 20, "static_launches": 8, "cudnn": 5, "grouped": 4,
+                                  "large_window": 4, "gemm": 4, "copies": 6, "loops": 1}
+    convs = cudnn_convolutions(module)
+    assert [(c.window, c.feature_group_count, c.times, c.grouped) for c in convs] == [
+        ((3, 3), 1, 1, False), ((13, 13), 32, 4, True)]
+    assert [gpu_kind(i) for i, _ in executed(module) if launches(i)] == [
+        "fusion", "cudnn convolution", "copy", "copy", "cudnn convolution", "gemm", "fusion", "copy"]
+    # the CPU report's static count takes every scheduled computation once (the entry, body and condition)
+    assert counts(module)["kernels"] == 6 + 4 + 1
+
+
+def test_gpu_program_report_runs_on_the_cpu(capsys):
+    """The deviceless report's tool, compiled for this machine's CPU (no CUDA plugin needed) at quick size."""
+    from benchmarks import gpu_program
+
+    assert gpu_program.main(["--target", "cpu", "--quick", "--workloads", "omniglot-5w1s",
+                             "--only", "default", "--breakdown"]) == 0
+    out = capsys.readouterr()
+    row = [line for line in out.out.splitlines() if line.startswith("| omniglot-5w1s-quick | default |")]
+    assert row and "by kind:" in out.err
+    assert gpu_program.program_options("default", "gpu")["conv"] == resolve_impl("auto", "gpu")
+    assert gpu_program.program_options("conv=xla", "gpu")["conv"] == "xla"
+
+
+def test_gpu_target_without_cuda_plugin_is_refused_cleanly(capsys):
+    import importlib.util
+
+    from benchmarks import gpu_program
+
+    if importlib.util.find_spec("jax_plugins") and importlib.util.find_spec("jax_plugins.xla_cuda12"):
+        pytest.skip("the CUDA plugin is installed: compiling for the GPU target works here")
+    assert gpu_program.main(["--target", "h200", "--quick", "--workloads", "omniglot-5w1s"]) == 2
+    assert "CUDA plugin" in capsys.readouterr().err

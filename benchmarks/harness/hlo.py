@@ -1,7 +1,8 @@
-"""Reading an optimized HLO module (``compiled.as_text()``): instructions, convolutions, collectives.
+"""Reading an optimized HLO module (``compiled.as_text()``): instructions, convolutions, collectives,
+and what a GPU program launches per call.
 
 One parser for every benchmark that reads a compiled program (:mod:`benchmarks.hlo_report`,
-:mod:`benchmarks.scaling`).
+:mod:`benchmarks.scaling`, :mod:`benchmarks.gpu_program`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from typing import Any
 import numpy as np
 
 MOVE_NO_DATA = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
+# Scheduled instructions that launch no kernel of their own: those that move no data, markers, and the
+# control flow whose called computations are counted instead (:func:`executed`)
+NO_LAUNCH = MOVE_NO_DATA | {"opt-barrier", "add-dependency", "after-all", "domain", "while", "call", "conditional"}
 # ``[ROOT] %name = TYPE opcode(OPERANDS), ATTRIBUTES``; TYPE may be a tuple ``(f32[2]{0}, s32[])``
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<type>.*?)\s+(?P<op>[a-z][\w\-]*)\("
                           r"(?P<operands>.*?)\)(?P<attrs>(,.*)?)$")
 _OPERAND = re.compile(r"%?([\w.\-]+)\s*(?:,|$)")  # an operand's name: the word before a comma or the end
+_NAMED_OPERAND = re.compile(r"%([\w.\-]+)")  # when operands are printed with their types: f32[8,8]{1,0} %x
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
 _SHAPE = re.compile(r"^[a-z]\w*\[(?P<dims>[0-9,]*)\]")
 
@@ -64,22 +69,24 @@ def parse(hlo: str) -> dict[str, Any]:
     Returns:
       ``{"computations": {name: [(instruction name, opcode, type, operands, attributes)]},
       "fused": names of fused computations, "applied": names of reducers/comparators,
-      "shapes": {instruction name: dims}}``.
+      "shapes": {instruction name: dims}, "entry": name of the entry computation}``. An instruction's
+      type may be a tuple holding ``/*index=5*/`` comments (multi-output fusions, ``while``).
     """
     computations: dict[str, list[tuple[str, str, str, list[str], str]]] = {}
-    current = None
+    current, entry = None, None
     for line in hlo.splitlines():
         if line and not line[0].isspace() and line.rstrip().endswith("{"):
             current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
             computations[current] = []
+            entry = current if line.startswith("ENTRY") else entry
             continue
         match = _INSTRUCTION.match(line)
         if match and current is not None:
-            operands = _OPERAND.findall(match["operands"])
+            operands = _NAMED_OPERAND.findall(match["operands"]) or _OPERAND.findall(match["operands"])
             computations[current].append((match["name"], match["op"], match["type"], operands, match["attrs"]))
     attrs = " ".join(i[4] for instrs in computations.values() for i in instrs)
     shapes = {i[0]: dims(i[2]) for instrs in computations.values() for i in instrs}
-    return {"computations": computations, "shapes": shapes,
+    return {"computations": computations, "shapes": shapes, "entry": entry,
             "fused": set(re.findall(r"calls=%?([\w.\-]+)", attrs)),
             "applied": set(re.findall(r"to_apply=%?([\w.\-]+)", attrs))}
 
@@ -135,3 +142,127 @@ def collective_bytes(module: dict[str, Any]) -> dict[str, int]:
                 counts[f"{kind}_ops"] += 1
                 counts[f"{kind}_bytes"] += shape_bytes(type_text)
     return counts
+
+
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CALLED = re.compile(r"\b(body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_WINDOW = re.compile(r"window=\{size=([0-9x]+)")
+
+
+def trip_count(attrs: str) -> int | None:
+    """The ``known_trip_count`` of a ``while`` instruction's backend config; None if XLA gives none."""
+    match = _TRIP_COUNT.search(attrs)
+    return int(match[1]) if match else None
+
+
+def executed(module: dict[str, Any]) -> list[tuple[tuple[str, str, str, list[str], str], int]]:
+    """Every instruction one call of the entry runs, with how often: ``[(instruction, times)]``.
+
+    The entry's instructions run once; a ``while`` body's instructions run ``known_trip_count`` times
+    the ``while`` (nested loops multiply; a loop without a known trip count counts once); a ``call``'s
+    computation as often as the call; each branch of a ``conditional`` as often as the conditional (an
+    overcount: one branch runs). A loop condition is not counted (on the GPU it is a small compare per
+    iteration). Fused computations and reducers are not scheduled and not listed.
+    """
+    out: list[tuple[tuple[str, str, str, list[str], str], int]] = []
+
+    def walk(name: str, times: int, depth: int) -> None:
+        for instr in module["computations"].get(name, []):
+            out.append((instr, times))
+            op, attrs = instr[1], instr[4]
+            called = dict((k, v) for k, v in _CALLED.findall(attrs))
+            if op == "while" and depth < 32:
+                walk(called["body"], times * (trip_count(attrs) or 1), depth + 1)
+            elif op == "call" and "to_apply" in called:
+                walk(called["to_apply"], times, depth + 1)
+            elif op == "conditional":
+                branches = _BRANCHES.search(attrs)
+                names = ([b.strip().lstrip("%") for b in branches[1].split(",")] if branches else
+                         [called[k] for k in ("true_computation", "false_computation") if k in called])
+                for branch in names:
+                    walk(branch, times, depth + 1)
+
+    walk(module["entry"], 1, 0)
+    return out
+
+
+def launches(instr: tuple[str, str, str, list[str], str]) -> bool:
+    """Whether an executed instruction launches work on the device: not one of :data:`NO_LAUNCH`
+    and not the ``-done`` half of an asynchronous pair (its ``-start`` counts)."""
+    return instr[1] not in NO_LAUNCH and not instr[1].endswith("-done")
+
+
+def gpu_kind(instr: tuple[str, str, str, list[str], str]) -> str:
+    """What a launching instruction of a GPU program is: ``"cudnn convolution"``, ``"gemm"`` (a cuBLAS
+    custom-call or a GEMM fusion: ``kCustom`` with a ``gemm``/``triton`` backend or a called
+    ``gemm_fusion`` computation), ``"copy"``, ``"fusion"`` (any other fusion), ``"custom-call"`` (any other)
+    or the opcode itself (e.g. ``dynamic-update-slice``)."""
+    _, op, _, _, attrs = instr
+    if op == "custom-call":
+        target = (_TARGET.search(attrs) or [None, ""])[1]
+        if "cudnn$conv" in target:
+            return "cudnn convolution"
+        return "gemm" if "cublas" in target or "gemm" in target.lower() else "custom-call"
+    if op == "fusion":
+        callee = (re.search(r"calls=%?([\w.\-]+)", attrs) or [None, ""])[1]
+        gemm = "gemm" in callee or ("kind=kCustom" in attrs and re.search(r"gemm|triton|cublas", attrs))
+        return "gemm" if gemm else "fusion"
+    return "copy" if op in ("copy", "copy-start") else op
+
+
+@dataclasses.dataclass(frozen=True)
+class CudnnConvolution:
+    """One cuDNN convolution custom-call of a GPU program.
+
+    Attributes:
+      name: the instruction's name.
+      target: ``__cudnn$convForward``, ``...BackwardFilter``, ``...BackwardInput``, ``...BiasActivationForward``.
+      window: the window's size per spatial dimension.
+      feature_group_count, batch_group_count: as in HLO (1: not grouped).
+      times: how often one call of the program runs it (loop trip counts).
+    """
+
+    name: str
+    target: str
+    window: tuple[int, ...]
+    feature_group_count: int
+    batch_group_count: int
+    times: int
+
+    @property
+    def grouped(self) -> bool:
+        return self.feature_group_count > 1 or self.batch_group_count > 1
+
+
+def cudnn_convolutions(module: dict[str, Any]) -> list[CudnnConvolution]:
+    """The cuDNN convolutions one call of a parsed GPU program runs (:func:`executed`)."""
+    found = []
+    for (name, op, _, _, attrs), times in executed(module):
+        target = (_TARGET.search(attrs) or [None, ""])[1]
+        if op != "custom-call" or "cudnn$conv" not in target:
+            continue
+        window = _WINDOW.search(attrs)
+        group = lambda key: int(m[1]) if (m := re.search(key + r"=(\d+)", attrs)) else 1  # noqa: E731
+        found.append(CudnnConvolution(name, target, tuple(int(d) for d in window[1].split("x")) if window else (),
+                                      group("feature_group_count"), group("batch_group_count"), times))
+    return found
+
+
+def gpu_counts(module: dict[str, Any], kernel_size: int = 3) -> dict[str, int]:
+    """Per call of a parsed GPU program (loop bodies times their trip count, :func:`executed`):
+
+    ``launches`` (launching instructions, :func:`launches`), ``static_launches`` (each counted once),
+    ``cudnn`` convolutions, of them ``grouped`` (feature or batch groups) and ``large_window`` (a
+    window side above ``kernel_size``: a weight gradient written as a forward convolution), ``gemm``
+    (cuBLAS calls and GEMM fusions), ``copies``, ``loops`` (``while`` instructions run).
+    """
+    run = [(instr, times) for instr, times in executed(module) if launches(instr)]
+    convs = cudnn_convolutions(module)
+    kinds = [(gpu_kind(instr), times) for instr, times in run]
+    return {"launches": sum(t for _, t in run), "static_launches": len(run),
+            "cudnn": sum(c.times for c in convs), "grouped": sum(c.times for c in convs if c.grouped),
+            "large_window": sum(c.times for c in convs if any(w > kernel_size for w in c.window)),
+            "gemm": sum(t for k, t in kinds if k == "gemm"), "copies": sum(t for k, t in kinds if k == "copy"),
+            "loops": sum(t for (_, op, _, _, _), t in executed(module) if op == "while")}

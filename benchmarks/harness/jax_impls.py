@@ -15,6 +15,7 @@ from benchmarks.harness.base import Grads
 from benchmarks.harness.workloads import BenchWorkload, init_params
 from jmaml import losses
 from jmaml.core.runs import make_runs_step, stack_runs
+from jmaml.core.schedules import meta_optimizer
 from jmaml.core.step import init_state, make_train_step
 from jmaml.core.types import Tasks
 from jmaml.experiment import image_model, learner_from_config, program_bytes
@@ -74,13 +75,14 @@ def _last_gradient() -> optax.GradientTransformation:
                                         lambda updates, state, params=None: (updates, updates))
 
 
-def _jmaml_step(workload: BenchWorkload, options: dict[str, Any]):
+def jmaml_step(workload: BenchWorkload, options: dict[str, Any]):
     """jmaml's train step as ``jmaml train`` builds it from the workload's config with ``options``:
     ``(learner, optimizer, step_fn)``, ``step_fn(state, tasks) -> (state, meta-loss, meta-gradient)``."""
     cfg = workload.with_options(options)
     _, apply = image_model(cfg, workload.variant)
     learner = learner_from_config(cfg, apply, losses.cross_entropy)
-    optimizer = optax.chain(_last_gradient(), optax.adam(cfg.meta_lr))
+    optimizer = optax.chain(_last_gradient(), meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule,
+                                                             update=cfg.meta_update))
     train_step = make_train_step(learner, optimizer)
 
     def step_fn(state, tasks, data=None):
@@ -100,7 +102,7 @@ class JmamlBench(_JaxBench):
     """
 
     def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
-        learner, optimizer, step_fn = _jmaml_step(workload, options)
+        learner, optimizer, step_fn = jmaml_step(workload, options)
         state = init_state(learner, optimizer, jax.tree.map(jnp.asarray, params), jax.random.PRNGKey(0))
         super().__init__(step_fn, state, batches, donate=True)
 
@@ -117,7 +119,7 @@ class JmamlRunsBench(_JaxBench):
     def __init__(self, workload: BenchWorkload, params: Grads, batches: list[Tasks], options: dict[str, Any]):
         options = dict(options)
         self.runs, self.inputs = options.pop("runs", RUNS), batches
-        learner, optimizer, step_fn = _jmaml_step(workload, options)
+        learner, optimizer, step_fn = jmaml_step(workload, options)
         states = stack_runs([init_state(learner, optimizer, jax.tree.map(
             jnp.asarray, params if r == 0 else init_params(workload, seed=r)), jax.random.PRNGKey(r))
             for r in range(self.runs)])

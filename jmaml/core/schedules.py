@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,8 @@ import optax
 from jmaml.errors import JmamlError, check_positive
 
 SCHEDULES = ("constant", "cosine")
+# How the meta-optimizer updates the parameters: one array at a time, or all raveled into one vector.
+MetaUpdate = Literal["per_leaf", "flat"]
 
 
 def msl_weights(inner_steps: int, anneal_steps: int, meta_step: Any) -> jax.Array:
@@ -73,6 +75,18 @@ def meta_lr_schedule(meta_lr: float, steps: int, schedule: str = "constant", *,
 
 
 def meta_optimizer(meta_lr: float, steps: int, schedule: str = "constant", *,
-                   min_lr: float = 1e-5) -> optax.GradientTransformation:
-    """Adam over the meta-parameters with the learning rate of :func:`meta_lr_schedule`."""
-    return optax.adam(meta_lr_schedule(meta_lr, steps, schedule, min_lr=min_lr))
+                   min_lr: float = 1e-5, update: MetaUpdate = "per_leaf") -> optax.GradientTransformation:
+    """Adam over the meta-parameters with the learning rate of :func:`meta_lr_schedule`.
+
+    Args:
+      meta_lr, steps, schedule, min_lr: as :func:`meta_lr_schedule`.
+      update: ``"per_leaf"``: Adam on each parameter array. ``"flat"``: Adam on all parameters
+        raveled into one vector (``optax.flatten``; its moments are then vectors too), one fused
+        update instead of one per leaf: the same arithmetic, fewer kernels on an accelerator.
+
+    References:
+      Kingma & Ba (2015). Adam: A Method for Stochastic Optimization. ICLR.
+      jmaml issue 18 (fewer kernel launches per meta-step on the GPU).
+    """
+    adam = optax.adam(meta_lr_schedule(meta_lr, steps, schedule, min_lr=min_lr))
+    return optax.flatten(adam) if update == "flat" else adam

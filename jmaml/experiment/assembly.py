@@ -60,7 +60,7 @@ def step_parts(cfg: Config, workload: Workload, hparams: Mapping[str, Any] | Non
     if hparams:
         cfg = dataclasses.replace(cfg, **hparams)  # traced values: validated where they were concrete
     learner = learner_from_config(cfg, workload.apply_fn, workload.loss_fn, workload.metrics)
-    return learner, schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule)
+    return learner, schedules.meta_optimizer(cfg.meta_lr, cfg.steps, cfg.lr_schedule, update=cfg.meta_update)
 
 
 def build(cfg: Config, workload: Workload) -> Setup:

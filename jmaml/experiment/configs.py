@@ -15,15 +15,17 @@ from typing import Any
 
 from jmaml.algorithms import ALGORITHMS, algorithm_options
 from jmaml.core.inner import INNER_OPTIMIZERS
-from jmaml.core.schedules import SCHEDULES
+from jmaml.core.schedules import SCHEDULES, MetaUpdate
 from jmaml.errors import JmamlError
 from jmaml.models.conv import ConvImpl, Precision
+from jmaml.models.conv4 import Pool
+from jmaml.models.norm import NormStats
 
 # Each dataset and the keys that only it reads; every other key applies to every dataset.
 DATASETS: dict[str, tuple[str, ...]] = {
     "sinusoid": ("hidden", "eval_queries"),
-    "omniglot": ("filters", "conv", "precision", "image_size", "data_dir", "download", "data_seed"),
-    "mini_imagenet": ("filters", "conv", "precision", "data_dir", "data_format"),
+    "omniglot": ("filters", "conv", "precision", "norm_stats", "image_size", "data_dir", "download", "data_seed"),
+    "mini_imagenet": ("filters", "conv", "precision", "norm_stats", "pool", "data_dir", "data_format"),
 }
 # Keys a resumed run may change: they leave the training trajectory as it was.
 RESUMABLE_KEYS = ("steps", "eval_tasks", "eval_batch", "eval_max_steps", "eval_queries", "test_inner_steps",
@@ -61,6 +63,7 @@ class Config:
     # outer loop
     meta_lr: float = 1e-3
     lr_schedule: str = "constant"
+    meta_update: str = "per_leaf"  # "flat": Adam on all meta-parameters raveled into one vector
     steps: int = 70_000
     meta_chunks: int = 1  # 0: auto, see workloads.chunking
     # model: MLP widths for regression, conv filters for images (0 = the paper's)
@@ -68,6 +71,8 @@ class Config:
     filters: int = 0
     conv: str = "auto"
     precision: str = "float32"
+    norm_stats: str = "two_pass"  # BatchNorm statistics; "one_pass": mean and mean square in one read
+    pool: str = "reduce_window"  # miniImageNet's max-pooling; "reshape": a reshape and a max
     # meta-test
     eval_tasks: int = 1000
     eval_queries: int = 100
@@ -297,6 +302,9 @@ def validate(cfg: Config) -> Config:
     _require(cfg.conv in convs, f"conv must be one of {', '.join(convs)}, got {cfg.conv!r}")
     precisions = typing.get_args(Precision)
     _require(cfg.precision in precisions, f"precision must be one of {', '.join(precisions)}, got {cfg.precision!r}")
+    for key, literal in (("norm_stats", NormStats), ("meta_update", MetaUpdate), ("pool", Pool)):
+        allowed = typing.get_args(literal)
+        _require(getattr(cfg, key) in allowed, f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
     _require(cfg.inner_optimizer in INNER_OPTIMIZERS,
              f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {cfg.inner_optimizer!r}")
     _require(len(cfg.hidden) > 0 and all(w > 0 for w in cfg.hidden),

@@ -116,9 +116,10 @@ def sinusoid_workload(cfg: Config) -> Workload:
 
 
 def image_model(cfg: Config, variant: str) -> tuple[Callable, ApplyFn]:
-    """``(init, apply)`` of the Conv4 of ``cfg`` (ways, filters, conv, precision) for ``variant``."""
+    """``(init, apply)`` of the Conv4 of ``cfg`` (ways, filters, conv, precision, norm_stats, pool) for ``variant``."""
     return functional(Conv4(cfg.ways, variant=variant, filters=cfg.filters or None, conv=cfg.conv,
-                            precision=cfg.precision))
+                            precision=cfg.precision, norm=cfg.norm_stats,
+                            pool=cfg.pool if variant == "mini_imagenet" else "reduce_window"))
 
 
 def image_workload(cfg: Config, train_images, test_images, variant: str,

@@ -31,9 +31,22 @@ def matmul(x: jax.Array, w: jax.Array, precision: Precision = "float32") -> jax.
 
 
 def resolve_impl(impl: ConvImpl, backend: str | None = None) -> str:
-    """``"auto"`` picks ``"im2col"`` on CPU and ``"xla"`` elsewhere; ``backend`` defaults to JAX's."""
+    """``"auto"`` picks ``"im2col"`` on CPU and GPU and ``"xla"`` elsewhere (TPU).
+
+    On the GPU, XLA's convolution under ``vmap`` with per-task (adapted) kernels becomes grouped cuDNN
+    convolutions (one group per task), whose weight gradients include forward convolutions with windows
+    as large as the feature map, the pattern jax-ml/jax#13800 reports as slow; im2col's per-task
+    products are batched GEMMs, and its compiled meta-step launches fewer kernels on every benchmarked
+    config (``benchmarks/gpu_program.py``, RESULTS.md 2026-12-07). Not yet timed on a GPU.
+
+    Args:
+      impl: the configured lowering.
+      backend: the platform the program is compiled for (``"cpu"``, ``"gpu"``, ...); default
+        ``jax.default_backend()``. A program compiled for another target than the default
+        backend (``benchmarks/gpu_program.py``) names it.
+    """
     if impl == "auto":
-        return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+        return "im2col" if (backend or jax.default_backend()) in ("cpu", "gpu", "cuda", "rocm") else "xla"
     return impl
 
 
@@ -78,16 +91,18 @@ class Conv2D(nn.Module):
     Two lowerings of the same math:
 
     - ``"xla"``: ``lax.conv_general_dilated``. Under ``vmap`` over tasks with per-task
-      (adapted) kernels it becomes a grouped convolution, which XLA:CPU runs very slowly.
+      (adapted) kernels it becomes a grouped convolution, which XLA:CPU runs very slowly and cuDNN
+      runs as grouped kernels (jax-ml/jax#13800).
     - ``"im2col"``: gather the patches with strided slices (no weights involved, so the task axis
       folds into the batch) and multiply by the kernel as a matrix; under ``vmap`` that is a
-      batched matmul, which XLA:CPU runs an order of magnitude faster (``benchmarks/RESULTS.md``).
+      batched matmul, which XLA:CPU runs an order of magnitude faster (``benchmarks/RESULTS.md``)
+      and which a GPU runs as batched GEMMs, with no convolution in the meta-step.
 
     Attributes:
       features: output channels.
       kernel_size: side of the square kernel.
       strides: stride in both spatial dimensions.
-      impl: ``"auto"`` (im2col on CPU, xla elsewhere), ``"xla"`` or ``"im2col"``.
+      impl: ``"auto"`` (im2col on CPU and GPU, xla elsewhere), ``"xla"`` or ``"im2col"``.
       precision: ``"float32"``, or ``"bf16"`` (bfloat16 operands, float32 accumulation and result;
         the parameters stay float32).
     """

@@ -60,7 +60,7 @@ class Conv2D(nnx.Module):
       out_features: output channels.
       kernel_size: side of the square kernel.
       strides: stride in both spatial dimensions.
-      impl: ``"auto"`` (im2col on CPU, xla elsewhere), ``"xla"`` or ``"im2col"``.
+      impl: ``"auto"`` (im2col on CPU and GPU, xla elsewhere), ``"xla"`` or ``"im2col"``.
       rngs: the random streams that initialise the kernel.
     """
 
