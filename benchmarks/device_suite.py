@@ -61,10 +61,11 @@ BUDGET_S = 420.0  # one device call of at most 7 minutes
 JAX_PEERS = ("plain_jax",)
 TORCH_PEERS = ("torch_func",)
 LOOP_WORKLOAD = "omniglot-5w1s"  # the only workload the PyTorch per-task loop runs on
-# jmaml options timed beside its defaults, as labels of benchmarks.harness.workloads.options
-# (conv=im2col is the GPU default since issue 18. "norm_stats=one_pass, meta_update=flat", which cuts launches
-# per step (benchmarks/gpu_program.py), would take the estimate 0.65 s past the budget: not added.)
-JMAML_OPTIONS = ("conv=xla", "conv=im2col", "precision=bf16", "unroll=full")
+# jmaml options timed beside its defaults, as labels of benchmarks.harness.workloads.options; a key the
+# workload's dataset does not read (pool=reshape on Omniglot) is left out of that workload's run. The last is
+# every option that cuts launches per step (benchmarks/gpu_program.py, RESULTS.md 2026-12-07) at once.
+JMAML_OPTIONS = ("conv=xla", "conv=im2col", "precision=bf16", "unroll=full",
+                 "unroll=full, norm_stats=one_pass, meta_update=flat, pool=reshape")
 REFERENCE_PRECISION = "highest"  # jax_default_matmul_precision of the gradient-agreement reference
 FLAGS_WORKLOAD = "omniglot-5w1s"
 # XLA GPU flags for a launch-bound step, each set in a process of its own: whole-step CUDA graphs (command
@@ -83,7 +84,7 @@ TTA = {"config": "omniglot-5w1s", "at": [10.0, 20.0, 30.0], "eval_tasks": 600, "
 RUNS_IN_ONE_PROGRAM = (("omniglot-5w1s", 8), ("omniglot-5w1s", 16), ("mini-5w1s", 8))
 QUICK = {"workloads": ("omniglot-5w1s",), "jmaml_options": ("precision=bf16",), "torch_peers": ()}
 # (warm-up, timed) meta-steps per implementation; the loop is slow and its figure known
-STEPS = {"torch_loop": (1, 5)}
+STEPS = {"torch_loop": (1, 5), "torch_func": (2, 10)}
 DEFAULT_STEPS, QUICK_STEPS = (3, 20), (1, 3)
 
 # What the estimates stand on: the 2026-11-27 H200 suite (benchmarks/results/2026-11-27-h200-run*.json).
@@ -128,8 +129,10 @@ def plan(quick: bool, gpu: bool) -> list[dict]:
                 _step_run(name, "jmaml", f"default, matmul precision {REFERENCE_PRECISION}",
                           precision=REFERENCE_PRECISION)]
         runs += [_step_run(name, peer, peer) for peer in JAX_PEERS]
-        runs += [_step_run(name, "jmaml", label, options(label)) for label in labels
-                 if not same_as_default(CONFIGS[name], options(label), backend)]
+        for label in labels:
+            label = ", ".join(part for part in label.split(", ") if applies(CONFIGS[name], part))
+            if label and not same_as_default(CONFIGS[name], options(label), backend):
+                runs.append(_step_run(name, "jmaml", label, options(label)))
         groups.append({"kind": "steps", "runs": runs})
     torch_peers = QUICK["torch_peers"] if quick else TORCH_PEERS
     torch_runs = [_step_run(name, peer, peer) for name in workloads for peer in torch_peers]
@@ -149,6 +152,14 @@ def plan(quick: bool, gpu: bool) -> list[dict]:
         for run in group["runs"]:
             run["label"] = " ".join(str(run[k]) for k in ("workload", "config", "impl", "variant") if run.get(k))
     return [group for group in groups if group["runs"]]
+
+
+def applies(cfg, part: str) -> bool:
+    """Whether the option ``part`` (one ``key=value`` of a label) is a key ``cfg``'s dataset reads."""
+    from jmaml.experiment.configs import DATASETS
+
+    key = part.split("=")[0].strip()
+    return key in DATASETS[cfg.dataset] or not any(key in keys for keys in DATASETS.values())
 
 
 def same_as_default(cfg, overrides: dict, backend: str) -> bool:

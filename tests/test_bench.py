@@ -281,8 +281,9 @@ def test_device_suite_quick_writes_json_and_markdown(tmp_path):
 def test_device_suite_plan_fits_one_device_call(capsys):
     """The full suite on a GPU: every benchmarked workload has jmaml's default, its highest-precision twin,
     plain JAX, torch.func and each jmaml option that differs from the default there (``conv=im2col`` is the
-    GPU's default since issue 18, so it is not timed twice); the PyTorch loop and the XLA flag sets run on omniglot-5w1s
-    only; and the estimated time up to the time-to-accuracy run fits the 7-minute budget."""
+    GPU's default since issue 18, so it is not timed twice), the launch-reducing options together with keys
+    of its dataset only (``pool`` on miniImageNet); the PyTorch loop and the XLA flag sets run on
+    omniglot-5w1s only; and the estimated time up to the time-to-accuracy run fits the 7-minute budget."""
     from benchmarks import device_suite
 
     groups = device_suite.plan(quick=False, gpu=True)
@@ -293,6 +294,8 @@ def test_device_suite_plan_fits_one_device_call(capsys):
                         "torch_func torch_func", "jmaml conv=xla", "jmaml precision=bf16"):
             assert f"{name} {variant}" in labels
         assert f"{name} jmaml conv=im2col" not in labels
+        reducers = "unroll=full, norm_stats=one_pass, meta_update=flat"
+        assert f"{name} jmaml {reducers}{', pool=reshape' if name.startswith('mini') else ''}" in labels
     assert [label for label in labels if "torch_loop" in label] == ["omniglot-5w1s torch_loop torch_loop"]
     flagged = [g for g in groups if g.get("xla_flags")]
     assert len(flagged) == len(device_suite.XLA_FLAG_SETS)
