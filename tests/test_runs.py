@@ -24,6 +24,7 @@ from jmaml.data import sinusoid
 from jmaml.errors import JmamlError
 from jmaml.experiment import checkpoint, cli, runs
 from jmaml.experiment.assembly import build
+from jmaml.experiment.configs import DATASETS
 from jmaml.experiment.loop import Diverged, Trainer
 from jmaml.experiment.workloads import make_workload
 
@@ -325,8 +326,8 @@ def test_a_program_too_large_for_memory_is_refused_before_running(capsys, tmp_pa
 def test_inapplicable_keys_are_refused(capsys):
     assert cli.main(["train", "omniglot-5w1s", "--set", "eval_queries=50"]) == 2
     assert ("eval_queries has no effect on omniglot data (it applies to sinusoid); the dataset keys that apply "
-            "to omniglot are: filters, conv, precision, image_size, data_dir, download, data_seed"
-            ) in capsys.readouterr().err
+            f"to omniglot are: {', '.join(DATASETS['omniglot'])}") in capsys.readouterr().err
+    assert "image_size" in DATASETS["omniglot"] and "eval_queries" not in DATASETS["omniglot"]
     assert cli.main(["train", "sinusoid", "--set", "cg_steps=3"]) == 2
     assert "cg_steps has no effect with algorithm=maml (it applies to imaml)" in capsys.readouterr().err
 
