@@ -8,7 +8,7 @@ checks a run fits before it starts), which is what the device must hold at the p
 ``omniglot-20w1s`` (20-way 1-shot, 5 queries, 16 tasks), 5 and 20 inner steps.
 
 Columns: plain JAX (the harness's unrolled Python loop, XLA's convolution), jmaml's default
-(``conv=auto``: im2col on CPU, XLA's convolution elsewhere; the inner loop a ``lax.scan``), and
+(``conv=auto``: im2col on CPU and GPU, XLA's convolution on TPU; the inner loop a ``lax.scan``), and
 jmaml with each option: both lowerings with the loop scanned or fully unrolled, ``remat``, and
 ``remat`` with the meta-batch in chunks, each the named config with ``--set``-style overrides.
 Prints one Markdown table, steps by implementation.

@@ -36,8 +36,9 @@ def resolve_impl(impl: ConvImpl, backend: str | None = None) -> str:
     On the GPU, XLA's convolution under ``vmap`` with per-task (adapted) kernels becomes grouped cuDNN
     convolutions (one group per task), whose weight gradients include forward convolutions with windows
     as large as the feature map, the pattern jax-ml/jax#13800 reports as slow; im2col's per-task
-    products are batched GEMMs, and its compiled meta-step launches fewer kernels on every benchmarked
-    config (``benchmarks/gpu_program.py``, RESULTS.md 2026-12-07). Not yet timed on a GPU.
+    products are batched GEMMs, and its compiled meta-step launches fewer kernels on the Omniglot configs
+    and about as many on miniImageNet, where it needs more memory (``benchmarks/gpu_program.py``,
+    RESULTS.md 2026-12-07). Not yet timed on a GPU.
 
     Args:
       impl: the configured lowering.
