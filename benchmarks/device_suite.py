@@ -190,7 +190,7 @@ def estimate_s(group: dict, compile_threads: int) -> float:
         warmup, timed = steps_of(run, quick=False)
         factor = 1.0 if run["variant"] == "default" or run["impl"] != "jmaml" else UNMEASURED
         if run["impl"] == "jmaml_runs":
-            factor = run["options"]["runs"] / 2  # the target: 8 runs at no more than 2x one run's time
+            factor = run["options"]["runs"] / 2  # assumed: N runs take N/2 times one run (the target: 8 in 2x)
         if run["impl"].startswith("torch"):
             seconds += TORCH_SETUP_S
         else:
