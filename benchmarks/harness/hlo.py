@@ -100,6 +100,13 @@ def counts(module: dict[str, Any]) -> dict[str, int]:
             "convolutions": ops.count("convolution"), "dots": ops.count("dot")}
 
 
+def _group_count(attrs: str, kind: str) -> int:
+    """A convolution's ``feature_group_count`` or ``batch_group_count`` (``kind`` "feature" or "batch"); 1 when
+    the attributes give none."""
+    match = re.search(kind + r"_group_count=(\d+)", attrs)
+    return int(match[1]) if match else 1
+
+
 def convolutions(module: dict[str, Any]) -> list[Convolution]:
     """Every ``convolution`` instruction of a parsed module, with its operands' shapes."""
     found = []
@@ -108,12 +115,11 @@ def convolutions(module: dict[str, Any]) -> list[Convolution]:
             if op != "convolution":
                 continue
             labels = re.search(r"dim_labels=(\S+?),", attrs + ",")[1]
-            group = lambda key: int(m[1]) if (m := re.search(key + r"=(\d+)", attrs)) else 1  # noqa: E731
             lhs_labels, out_labels = labels.split("_")[0], labels.split("->")[1]
             dilated = "lhs_dilate" in attrs or "rhs_dilate" in attrs
             found.append(Convolution(name, module["shapes"].get(operands[0]) or (), module["shapes"].get(operands[1])
-                                     or (), dims(type_text) or (), labels, group("feature_group_count"),
-                                     group("batch_group_count"), not dilated and lhs_labels == out_labels))
+                                     or (), dims(type_text) or (), labels, _group_count(attrs, "feature"),
+                                     _group_count(attrs, "batch"), not dilated and lhs_labels == out_labels))
     return found
 
 
@@ -236,17 +242,17 @@ class CudnnConvolution:
         return self.feature_group_count > 1 or self.batch_group_count > 1
 
 
-def cudnn_convolutions(module: dict[str, Any]) -> list[CudnnConvolution]:
-    """The cuDNN convolutions one call of a parsed GPU program runs (:func:`executed`)."""
+def cudnn_convolutions(module: dict[str, Any], ran: list | None = None) -> list[CudnnConvolution]:
+    """The cuDNN convolutions one call of a parsed GPU program runs (``ran``: its :func:`executed`, if
+    already computed)."""
     found = []
-    for (name, op, _, _, attrs), times in executed(module):
+    for (name, op, _, _, attrs), times in executed(module) if ran is None else ran:
         target = (_TARGET.search(attrs) or [None, ""])[1]
         if op != "custom-call" or "cudnn$conv" not in target:
             continue
         window = _WINDOW.search(attrs)
-        group = lambda key: int(m[1]) if (m := re.search(key + r"=(\d+)", attrs)) else 1  # noqa: E731
         found.append(CudnnConvolution(name, target, tuple(int(d) for d in window[1].split("x")) if window else (),
-                                      group("feature_group_count"), group("batch_group_count"), times))
+                                      _group_count(attrs, "feature"), _group_count(attrs, "batch"), times))
     return found
 
 
@@ -258,11 +264,12 @@ def gpu_counts(module: dict[str, Any], kernel_size: int = 3) -> dict[str, int]:
     window side above ``kernel_size``: a weight gradient written as a forward convolution), ``gemm``
     (cuBLAS calls and GEMM fusions), ``copies``, ``loops`` (``while`` instructions run).
     """
-    run = [(instr, times) for instr, times in executed(module) if launches(instr)]
-    convs = cudnn_convolutions(module)
+    ran = executed(module)
+    run = [(instr, times) for instr, times in ran if launches(instr)]
+    convs = cudnn_convolutions(module, ran)
     kinds = [(gpu_kind(instr), times) for instr, times in run]
     return {"launches": sum(t for _, t in run), "static_launches": len(run),
             "cudnn": sum(c.times for c in convs), "grouped": sum(c.times for c in convs if c.grouped),
             "large_window": sum(c.times for c in convs if any(w > kernel_size for w in c.window)),
             "gemm": sum(t for k, t in kinds if k == "gemm"), "copies": sum(t for k, t in kinds if k == "copy"),
-            "loops": sum(t for (_, op, _, _, _), t in executed(module) if op == "while")}
+            "loops": sum(t for (_, op, _, _, _), t in ran if op == "while")}
