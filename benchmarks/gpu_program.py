@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from benchmarks.harness.hlo import executed, gpu_counts, gpu_kind, launches, parse
-from benchmarks.harness.jax_impls import jmaml_step
+from benchmarks.harness.jax_impls import flops, jmaml_step
 from benchmarks.harness.workloads import BENCHMARKED, BenchWorkload, init_params, make_batches, options, select
 from jmaml.core.step import init_state
 from jmaml.experiment import program_bytes
@@ -87,16 +87,22 @@ def program_options(label: str, platform: str) -> dict[str, Any]:
     return out
 
 
+def _step_on_cpu(w: BenchWorkload, label: str, platform: str) -> tuple[Any, Any]:
+    """jmaml's step function on ``w`` with option ``label`` lowered as for ``platform``, and its initial
+    state built on the CPU."""
+    learner, optimizer, step_fn = jmaml_step(w, program_options(label, platform))
+    with jax.default_device(jax.devices("cpu")[0]):
+        state = init_state(learner, optimizer, jax.tree.map(np.asarray, init_params(w)), jax.random.PRNGKey(0))
+    return step_fn, state
+
+
 def compile_step(w: BenchWorkload, label: str, device: Any) -> tuple[Any, Any]:
     """jmaml's meta-training step on ``w`` with option ``label``, lowered and compiled for ``device``.
 
     The state and meta-batch are built on the CPU and passed as shapes placed on ``device``, so nothing
     runs on (or is copied to) the target. Returns ``(lowered, compiled)``.
     """
-    platform = "cpu" if device.platform == "cpu" else "gpu"
-    learner, optimizer, step_fn = jmaml_step(w, program_options(label, platform))
-    with jax.default_device(jax.devices("cpu")[0]):
-        state = init_state(learner, optimizer, jax.tree.map(np.asarray, init_params(w)), jax.random.PRNGKey(0))
+    step_fn, state = _step_on_cpu(w, label, "cpu" if device.platform == "cpu" else "gpu")
     sharding = jax.sharding.SingleDeviceSharding(device)
     shaped = lambda tree: jax.tree.map(  # noqa: E731
         lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding), tree)
@@ -107,25 +113,9 @@ def compile_step(w: BenchWorkload, label: str, device: Any) -> tuple[Any, Any]:
 def step_flops(w: BenchWorkload, label: str, platform: str) -> float | None:
     """FLOPs of one step by XLA's cost analysis of the program before optimization, lowered for the CPU
     with the lowering options of ``platform`` (a deviceless GPU compile reports no cost analysis)."""
-    learner, optimizer, step_fn = jmaml_step(w, program_options(label, platform))
+    step_fn, state = _step_on_cpu(w, label, platform)
     with jax.default_device(jax.devices("cpu")[0]):
-        state = init_state(learner, optimizer, jax.tree.map(np.asarray, init_params(w)), jax.random.PRNGKey(0))
         return flops(jax.jit(step_fn).lower(state, make_batches(w, 1)[0]))
-
-
-def flops(*stages: Any) -> float | None:
-    """FLOPs of XLA's cost analysis of the first of ``stages`` (compiled or lowered programs) giving one."""
-    for stage in stages:
-        try:
-            analysis = stage.cost_analysis()
-        except Exception:  # noqa: BLE001  not every stage or backend has one
-            continue
-        if isinstance(analysis, (list, tuple)):
-            analysis = analysis[0] if analysis else None
-        value = (analysis or {}).get("flops")
-        if value and value > 0:
-            return float(value)
-    return None
 
 
 def origin(instr: tuple[str, str, str, list[str], str]) -> str:

@@ -29,12 +29,19 @@ def _device() -> str:
     return f"{device.platform}{kind} (jax, {jax.device_count()} device(s))"
 
 
-def _flops(compiled: Any) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
-        analysis = analysis[0] if analysis else None
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops is not None and flops > 0 else None
+def flops(*stages: Any) -> float | None:
+    """FLOPs of XLA's cost analysis of the first of ``stages`` (compiled or lowered programs) giving one."""
+    for stage in stages:
+        try:
+            analysis = stage.cost_analysis()
+        except Exception:  # noqa: BLE001  not every stage or backend has one
+            continue
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else None
+        value = (analysis or {}).get("flops")
+        if value and value > 0:
+            return float(value)
+    return None
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -51,7 +58,7 @@ class _JaxBench:
         start = time.perf_counter()
         self.compiled = jitted.lower(carry, self.batches[0]).compile()
         self.compile_s = time.perf_counter() - start
-        self.flops = _flops(self.compiled)
+        self.flops = flops(self.compiled)
         self.program_bytes = program_bytes(self.compiled)
         self.carry = carry
 
