@@ -5,7 +5,7 @@ the pickle format and/or the ``images/`` + CSV format into a temporary folder, t
 ``jmaml train mini-5w1s --steps 5`` under ``/usr/bin/time -v`` twice per format: once with an empty
 cache (conversion included) and once with the cache built. The per-user cache is redirected into the
 temporary folder (``XDG_CACHE_HOME``), so nothing is left behind. Run it on a quiet machine: the
-figure goes into RESULTS.md (issue 14 asks for at most 2.5 GB).
+figure goes into RESULTS.md (the target is at most 2.5 GB).
 
 Usage::
 

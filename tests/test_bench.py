@@ -281,7 +281,7 @@ def test_device_suite_quick_writes_json_and_markdown(tmp_path):
 def test_device_suite_plan_fits_one_device_call(capsys):
     """The full suite on a GPU: every benchmarked workload has jmaml's default, its highest-precision twin,
     plain JAX, torch.func and each jmaml option that differs from the default there (``conv=im2col`` is the
-    GPU's default since issue 18, so it is not timed twice), the launch-reducing options together with keys
+    GPU's default, so it is not timed twice), the launch-reducing options together with keys
     of its dataset only (``pool`` on miniImageNet); the PyTorch loop and the XLA flag sets run on
     omniglot-5w1s only; and the estimated time up to the time-to-accuracy run fits the 7-minute budget."""
     from benchmarks import device_suite

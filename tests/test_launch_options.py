@@ -1,4 +1,4 @@
-"""Options that cut the GPU program's kernel launches (issue 18) compute the reference's meta-gradient, in
+"""Options that cut the GPU program's kernel launches (gpu_program.py) compute the reference's meta-gradient, in
 float64: the im2col lowering and one-pass BatchNorm statistics against XLA's convolution with two-pass
 statistics (second-order MAML through a scanned inner loop), max-pooling as a reshape and a max against
 flax's max_pool, and the flat meta-update (Adam on all meta-parameters raveled into one vector) against

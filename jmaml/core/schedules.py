@@ -86,7 +86,6 @@ def meta_optimizer(meta_lr: float, steps: int, schedule: str = "constant", *,
 
     References:
       Kingma & Ba (2015). Adam: A Method for Stochastic Optimization. ICLR.
-      jmaml issue 18 (fewer kernel launches per meta-step on the GPU).
     """
     adam = optax.adam(meta_lr_schedule(meta_lr, steps, schedule, min_lr=min_lr))
     return optax.flatten(adam) if update == "flat" else adam

@@ -25,8 +25,7 @@ def max_pool_2x2(x: jax.Array, pool: Pool = "reduce_window") -> jax.Array:
     ``jnp.max`` shares it), which after a ReLU happens in windows of zeros, where the ReLU's derivative
     is zero, so the meta-gradient is the same.
 
-    References:
-      jmaml issue 18 (fewer kernel launches per meta-step on the GPU).
+    Launches per meta-step on the GPU with each: ``benchmarks/gpu_program.py`` (RESULTS.md).
     """
     if pool == "reduce_window":
         return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
